@@ -1,0 +1,3 @@
+"""vmcluster: a Ganeti-style virtualization cluster built on Salt."""
+
+__version__ = "0.1.0"
