@@ -1,0 +1,1 @@
+"""Pure cluster planner: model, htools text I/O, score (no Salt, no libvirt)."""
