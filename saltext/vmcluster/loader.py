@@ -3,7 +3,7 @@
 import importlib.util
 
 # Salt loader kind -> the package that holds those modules (a top-level _<kind>/ folder).
-LOADER_KINDS = ("modules", "states", "runners", "grains")
+LOADER_KINDS = ("modules", "states", "runners", "grains", "output")
 
 
 def loader_dirs():
