@@ -91,9 +91,10 @@ def render_resource(
         raise DrbdValueError(f"hmac_alg: {hmac_alg!r} is not one of {', '.join(HMAC_ALGORITHMS)}")
     if not isinstance(secret, str) or not _SECRET_RE.match(secret):
         raise DrbdValueError("secret: expected 1-64 printable characters without quotes, backslashes or spaces")
-    if nodes[0].get("name") == nodes[1].get("name"):
-        raise DrbdValueError(f"nodes: both nodes are named {nodes[0].get('name')!r}")
-    lines = [
+    sections = [line for index, node in enumerate(nodes) for line in _on_section(index, node, port, minor, drbd9)]
+    if nodes[0]["name"] == nodes[1]["name"]:
+        raise DrbdValueError(f"nodes: both nodes are named {nodes[0]['name']!r}")
+    header = [
         "# Managed by vmcluster (Salt); local changes are overwritten.",
         f'resource "{name}" {{',
         "    net {",
@@ -103,7 +104,4 @@ def render_resource(
         f"        allow-two-primaries {'yes' if allow_two_primaries else 'no'};",
         "    }",
     ]
-    for index, node in enumerate(nodes):
-        lines += _on_section(index, node, port, minor, drbd9)
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*header, *sections, "}"]) + "\n"
