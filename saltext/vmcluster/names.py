@@ -96,16 +96,16 @@ def size_mib(value, field="size"):
     return amount // MIB
 
 
-def positive_int(value, field, maximum=None):
-    """Return ``value`` as an int if it is a whole number from 1 to ``maximum``."""
-    fix = "give a whole number of at least 1" + (f" and at most {maximum}" if maximum else "")
+def positive_int(value, field, maximum=None, minimum=1):
+    """Return ``value`` as an int if it is a whole number from ``minimum`` to ``maximum``."""
+    fix = f"give a whole number of at least {minimum}" + (f" and at most {maximum}" if maximum else "")
     if isinstance(value, bool):
         raise ValidationError(field, value, fix)
     try:
         number = int(str(value).strip())
     except ValueError as exc:
         raise ValidationError(field, value, fix) from exc
-    if number < 1 or (maximum is not None and number > maximum):
+    if number < minimum or (maximum is not None and number > maximum):
         raise ValidationError(field, value, fix)
     return number
 
