@@ -247,7 +247,7 @@ class NodeLoads:
     def changes(self, nodes: Sequence[int]) -> Dict[int, NodeRow]:
         """The current rows of ``nodes`` in the form ScoreState.delta/apply take."""
         rows = self.rows(nodes)
-        return {n: (rows[k], self.excl_pairs[n]) for k, n in enumerate(nodes)}
+        return {n: (rows[k], Counter(self.excl_pairs[n])) for k, n in enumerate(nodes)}
 
 
 @dataclass
