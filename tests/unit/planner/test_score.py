@@ -37,7 +37,7 @@ def test_unloadable_corpus_files_raise_format_errors():
             htools.load(CORPUS_FILES[0].parent / name)
 
 
-def random_move(rng, cluster, loads):
+def random_move(rng, cluster):
     """Pick an instance and new nodes for it; returns (index, primary, secondary)."""
     i = int(rng.integers(len(cluster.instances)))
     pri, sec = (int(x) for x in rng.choice(len(cluster.nodes), size=2, replace=False))
@@ -51,7 +51,7 @@ def test_incremental_equals_full_recompute(seed):
     loads = NodeLoads(cluster)
     state = ScoreState.from_loads(loads)
     for _ in range(100):
-        i, pri, sec = random_move(rng, cluster, loads)
+        i, pri, sec = random_move(rng, cluster)
         before = state.total
         changes = loads.changes(loads.move(i, pri, sec))
         delta = state.delta(changes)
@@ -70,7 +70,7 @@ def test_moves_match_a_fresh_load_of_the_moved_cluster(seed):
     cluster = random_cluster(rng, 20, 120)
     loads = NodeLoads(cluster)
     for _ in range(50):
-        i, pri, sec = random_move(rng, cluster, loads)
+        i, pri, sec = random_move(rng, cluster)
         loads.move(i, pri, sec)
         cluster.relocate(cluster.instances[i], cluster.nodes[pri].name,
                          cluster.nodes[sec].name if sec >= 0 else None)
