@@ -64,7 +64,7 @@ def _connect(uri=None):
         with hypervisor.connection(uri) as conn:
             yield conn
     except libvirt.libvirtError as exc:
-        raise CommandExecutionError(f"libvirt {uri}: {exc.get_error_message()}") from exc
+        raise CommandExecutionError(f"libvirt {uri}: {exc.get_error_message() or exc}") from exc
 
 
 def _find(conn, name):

@@ -20,6 +20,7 @@ def configure_loader_modules():
 
 @pytest.fixture
 def conn():
+    """Held open for the test: test:///default forgets its domains when its last connection closes."""
     connection = libvirt.open(URI)
     yield connection
     connection.close()
