@@ -282,13 +282,16 @@ class Lab:
 
     def down(self):
         """Stop everything the lab started and remove everything it made."""
-        for node in self.nodes:
-            node.stop()
+        pids = [n.pid for n in self.nodes if n.running()]
         master = self.state.get("master")
         if master and _alive(master):
-            os.kill(master, signal.SIGTERM)
-            if not _wait_gone([master], timeout=10):
-                os.killpg(master, signal.SIGKILL)
+            pids.append(master)
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)  # nodes stop their daemons; the master its workers
+        if not _wait_gone(pids, timeout=10):
+            for pid in pids:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
         self._kill_leftovers()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.state = {}
