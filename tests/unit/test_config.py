@@ -37,3 +37,13 @@ def test_errors_name_the_key_path(pillar, path):
 def test_unknown_key_lists_the_known_ones():
     with pytest.raises(ValidationError, match="known keys: group"):
         config.load({"cluster": {"nodes": {"node1": {"grup": "x"}}}})
+
+
+def test_the_example_pillar_is_valid():
+    import yaml
+    from pathlib import Path
+
+    example = yaml.safe_load((Path(__file__).resolve().parents[2] / "pillar" / "cluster.sls").read_text())
+    cfg = config.load(example)
+    assert sorted(cfg.nodes) == ["node1", "node2", "node3"]
+    assert cfg.nodes["node3"].group == "rack2"

@@ -19,7 +19,6 @@ from pathlib import Path
 from saltext.vmcluster.lab import config
 
 DEFAULT_DIR = Path("/tmp/vmc-lab")
-STATES_DIR = Path(__file__).resolve().parents[3] / "states"
 STATE_FILE = "lab.json"
 LIBVIRT_DIRS = ("etc", "lib", "log", "cache", "run")
 NAMESPACE_MOUNTPOINTS = ("/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt")
@@ -27,6 +26,14 @@ NAMESPACE_MOUNTPOINTS = ("/var/lib/libvirt", "/var/log/libvirt", "/var/cache/lib
 
 class LabError(Exception):
     """The lab cannot do what was asked; the message says why and what to do."""
+
+
+def states_dir():
+    """The SLS folder served as file_roots: the checkout's ``states/`` (editable install, or cwd)."""
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
+        if (root / "states").is_dir() and (root / "setup.cfg").is_file():
+            return root / "states"
+    return None
 
 
 def kvm_usable():
@@ -222,7 +229,9 @@ class Lab:
     def _write_master_config(self, names):
         (self.dir / "log").mkdir(exist_ok=True)
         (self.dir / "shared").mkdir(exist_ok=True)
-        master = config.master_config(self.dir, self.state["publish_port"], self.state["ret_port"], STATES_DIR)
+        sls_dir = states_dir() or self.dir / "states"
+        sls_dir.mkdir(exist_ok=True)
+        master = config.master_config(self.dir, self.state["publish_port"], self.state["ret_port"], sls_dir)
         _write(self.dir / "master", config.render_yaml(master))
         _write(self.dir / "pillar" / "top.sls", config.render_yaml(config.PILLAR_TOP))
         _write(self.dir / "pillar" / "cluster.sls", config.render_yaml(config.cluster_pillar(names)))
@@ -282,12 +291,12 @@ class Lab:
 
     def down(self):
         """Stop everything the lab started and remove everything it made."""
-        pids = [n.pid for n in self.nodes if n.running()]
+        for node in self.nodes:
+            node.kill()  # the lab goes away: no need for the minions' graceful stop
         master = self.state.get("master")
-        if master and _alive(master):
-            pids.append(master)
+        pids = [master] if master and _alive(master) else []
         for pid in pids:
-            os.kill(pid, signal.SIGTERM)  # nodes stop their daemons; the master its workers
+            os.kill(pid, signal.SIGTERM)  # the master stops its workers
         if not _wait_gone(pids, timeout=10):
             for pid in pids:
                 if _alive(pid):
