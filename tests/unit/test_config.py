@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from saltext.vmcluster import config
 from saltext.vmcluster.names import ValidationError
@@ -40,9 +43,6 @@ def test_unknown_key_lists_the_known_ones():
 
 
 def test_the_example_pillar_is_valid():
-    import yaml
-    from pathlib import Path
-
     example = yaml.safe_load((Path(__file__).resolve().parents[2] / "pillar" / "cluster.sls").read_text())
     cfg = config.load(example)
     assert sorted(cfg.nodes) == ["node1", "node2", "node3"]
