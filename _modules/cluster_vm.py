@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import time
+import xml.etree.ElementTree as ET
 
 import salt.utils.args
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -417,6 +418,36 @@ def _run_hooks(hooks, field):
             raise CommandExecutionError(f"{field} hook {fun} returned False")
 
 
+def _target_disks(mapping, disks):
+    """Check ``{target dev: path on the target node}`` against the domain's ``disks``."""
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise SaltInvocationError(
+            f"target_disks: invalid value {mapping!r}: give a mapping of disk target to its path "
+            "on the target node, e.g. {vda: /srv/vmc/instances/web1/disk0.qcow2}"
+        )
+    known = [disk["target"] for disk in disks]
+    for target, path in mapping.items():
+        if target not in known:
+            raise SaltInvocationError(
+                f"target_disks: the domain has no disk {target!r}; its disks: {', '.join(known)}"
+            )
+        _valid(names.path, path, f"target_disks:{target}")
+    return mapping
+
+
+def _with_disk_paths(xml, paths):
+    """Domain XML with the sources of the disks named in ``paths`` (by target dev) replaced."""
+    root = ET.fromstring(xml)
+    for disk in root.iterfind("devices/disk"):
+        source = disk.find("source")
+        path = paths.get(disk.find("target").get("dev"))
+        if path and source is not None:
+            source.set("dev" if "dev" in source.attrib else "file", path)
+    return ET.tostring(root, encoding="unicode")
+
+
 def migrate(
     name,
     target_uri,
@@ -426,6 +457,7 @@ def migrate(
     pre_migrate=None,
     post_migrate=None,
     remove_source_disks=True,
+    target_disks=None,
 ):
     """
     Live-migrate running domain ``name`` to the libvirt at ``target_uri``.
@@ -448,6 +480,11 @@ def migrate(
         ``mod.fun`` or ``{fun: mod.fun, args: [...], kwargs: {...}}`` or a list of
         those: the place for DRBD dual-primary (allow two primaries, then demote).
         A failing ``pre_migrate`` stops before anything moved.
+    target_disks
+        ``{target: path}`` for disks whose path differs on the target node (another
+        storage directory or volume group, another DRBD minor), e.g.
+        ``{vda: /srv/vmc/instances/web1/disk0.qcow2}`` as ``cluster_disk.create``
+        returned it there. Without it the target opens the source's paths.
 
     Returns ``{"name", "target_uri", "copy_storage", "seconds", "removed_disks", "left_disks"}``.
 
@@ -456,6 +493,8 @@ def migrate(
     .. code-block:: bash
 
         salt node1 cluster_vm.migrate web1 qemu+tcp://node2/system copy_storage=True
+        salt node1 cluster_vm.migrate web1 qemu+tcp://node2/system copy_storage=True \\
+            target_disks='{vda: /vm/web1/disk0.qcow2}'
     """
     _valid(names.uri, target_uri, "target_uri")
     params = {}
@@ -478,6 +517,16 @@ def migrate(
                 f"domain {name!r} is not running; live migration needs a running domain"
             )
         disks = [d for d in domxml.disk_targets(dom.XMLDesc(0)) if d["device"] == "disk"]
+        paths = _target_disks(target_disks, disks)
+        if paths:
+            # the running domain's XML and its persistent definition both name the disks
+            migratable = libvirt.VIR_DOMAIN_XML_MIGRATABLE
+            inactive = migratable | libvirt.VIR_DOMAIN_XML_INACTIVE
+            for param, flags_xml in (
+                (libvirt.VIR_MIGRATE_PARAM_DEST_XML, migratable),
+                (libvirt.VIR_MIGRATE_PARAM_PERSIST_XML, inactive),
+            ):
+                params[param] = _with_disk_paths(dom.XMLDesc(flags_xml), paths)
         _run_hooks(before, "pre_migrate")
         began = time.monotonic()
         with _connect(target_uri) as dconn:
