@@ -282,25 +282,17 @@ def _exists(disk):
 
 
 def _info(disk):
-    base = {"instance": disk.instance, "index": disk.index, "template": disk.template}
     if disk.template in disks.FILE_TEMPLATES:
         found = _find_file(disk)
-        if not found:
-            raise CommandExecutionError(f"disk {disk.index} of {disk.instance} ({disk.template}) does not exist")
-        return {**base, "path": found[0], **_file_info(*found)}
-    lv_bytes = _lv_bytes(disk)
-    if lv_bytes is None:
+        details = found and {"path": found[0], **_file_info(*found)}
+    else:
+        lv_bytes = _lv_bytes(disk)
+        details = lv_bytes and {"path": disk.lv_path, "size": lv_bytes, "format": "raw", "allocated": lv_bytes}
+        if details and disk.template == "drbd":
+            details.update(path=_path(disk), size=disks.drbd_usable_bytes(lv_bytes), backing=disk.lv_path)
+    if not details:
         raise CommandExecutionError(f"disk {disk.index} of {disk.instance} ({disk.template}) does not exist")
-    if disk.template == "plain":
-        return {**base, "path": disk.lv_path, "size": lv_bytes, "format": "raw", "allocated": lv_bytes}
-    return {
-        **base,
-        "path": _path(disk),
-        "size": disks.drbd_usable_bytes(lv_bytes),
-        "format": "raw",
-        "allocated": lv_bytes,
-        "backing": disk.lv_path,
-    }
+    return {"instance": disk.instance, "index": disk.index, "template": disk.template, **details}
 
 
 def size_bytes(size):

@@ -118,8 +118,8 @@ def storage(tmp_path):
     return {"file": str(tmp_path / "local"), "sharedfile": str(tmp_path / "shared")}
 
 
-@pytest.fixture
-def configure_loader_modules(salt_mods, storage, drbd_cmd, tmp_path):
+def loader_globals(salt_mods, storage, drbd_cmd, tmp_path):
+    """Globals of cluster_disk (real ``cmd``/``lvm``, the drbd module) and of drbd (recorded commands)."""
     real = {name: salt_mods[name] for name in salt_mods if name.startswith("lvm.") or name == "cmd.run_all"}
     drbd_fns = {
         f"drbd.{name}": getattr(drbd_mod, name)
@@ -129,6 +129,11 @@ def configure_loader_modules(salt_mods, storage, drbd_cmd, tmp_path):
         cluster_disk: {"__opts__": {"vmcluster": {"storage": storage}}, "__salt__": {**real, **drbd_fns}},
         drbd_mod: {"__salt__": {"cmd.run_all": drbd_cmd}, "__opts__": {"drbd.config_dir": str(tmp_path / "drbd.d")}},
     }
+
+
+@pytest.fixture
+def configure_loader_modules(salt_mods, storage, drbd_cmd, tmp_path):
+    return loader_globals(salt_mods, storage, drbd_cmd, tmp_path)
 
 
 @pytest.fixture
@@ -186,6 +191,8 @@ def test_file_life_cycle(storage, template, fmt):
     assert cluster_disk.remove("web1", 0, template) is True
     assert cluster_disk.remove("web1", 0, template) is False
     assert os.listdir(where) == []
+    with pytest.raises(CommandExecutionError, match=f"^disk 0 of web1 \\({template}\\) does not exist$"):
+        cluster_disk.info("web1", 0, template)
 
 
 @needs_qemu_img
@@ -318,6 +325,8 @@ def test_plain_life_cycle(lvm_storage):
     assert cluster_disk.remove("web1", 0, "plain") is True
     assert cluster_disk.remove("web1", 0, "plain") is False
     assert lvs(vg) == {}
+    with pytest.raises(CommandExecutionError, match="^disk 0 of web1 \\(plain\\) does not exist$"):
+        cluster_disk.grow("web1", 0, "plain", "32M")
 
 
 def test_plain_exact_size_rounds_up_to_extents(lvm_storage):
