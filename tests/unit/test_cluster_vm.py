@@ -1,43 +1,18 @@
 """Tests of the cluster_vm execution module against libvirt's test:///default driver."""
 
-import itertools
-
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-from _modules import cluster_vm
+import saltext.vmcluster.loaders.modules.cluster_vm as cluster_vm
 
 libvirt = pytest.importorskip("libvirt")
 
-URI = "test:///default"
-_counter = itertools.count()
+from libvirt_fixtures import URI  # noqa: E402
 
 
 @pytest.fixture
 def configure_loader_modules():
     return {cluster_vm: {"__opts__": {"cluster_vm.uri": URI}, "__salt__": {"test.true": lambda: True}}}
-
-
-@pytest.fixture
-def conn():
-    """Held open for the test: test:///default forgets its domains when its last connection closes."""
-    connection = libvirt.open(URI)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def name(conn):
-    """A fresh domain name; whatever the test left behind is removed."""
-    vm = f"vm{next(_counter)}"
-    yield vm
-    try:
-        dom = conn.lookupByName(vm)
-    except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefine()
 
 
 def names_on(conn):

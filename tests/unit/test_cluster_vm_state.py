@@ -2,12 +2,12 @@
 
 import pytest
 
-from _modules import cluster_vm as cluster_vm_mod
-from _states import cluster_vm
+import saltext.vmcluster.loaders.modules.cluster_vm as cluster_vm_mod
+import saltext.vmcluster.loaders.states.cluster_vm as cluster_vm
 
 # Shared fixtures: an open test:///default connection (it forgets its domains when the
 # last connection closes) and a fresh domain name that is cleaned up afterwards.
-from test_cluster_vm import URI, conn, name  # noqa: F401  pylint: disable=unused-import
+from libvirt_fixtures import URI
 
 libvirt = pytest.importorskip("libvirt")
 
