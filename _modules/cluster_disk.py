@@ -30,6 +30,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 MISSING = None
 try:
     from saltext.vmcluster import disks, names, nodefacts
+    from saltext.vmcluster.loader_helpers import valid as _valid
 except ImportError as exc:
     MISSING = exc.name
 
@@ -43,13 +44,6 @@ def __virtual__():
         return False, f"cluster_disk needs the saltext.vmcluster package ({MISSING} is missing)"
     return __virtualname__
 
-
-def _valid(validator, *args, **kwargs):
-    """Run a validator; bad input becomes a SaltInvocationError naming the field."""
-    try:
-        return validator(*args, **kwargs)
-    except names.ValidationError as exc:
-        raise SaltInvocationError(str(exc)) from exc
 
 
 @dataclasses.dataclass(frozen=True)

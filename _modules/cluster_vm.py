@@ -27,6 +27,7 @@ try:
     import libvirt
 
     from saltext.vmcluster import domxml, hypervisor, names
+    from saltext.vmcluster.loader_helpers import valid as _valid
 except ImportError as exc:
     MISSING = exc.name
 
@@ -48,13 +49,6 @@ def __virtual__():
         return False, f"cluster_vm needs the saltext.vmcluster package ({MISSING} is missing)"
     return __virtualname__
 
-
-def _valid(validator, *args, **kwargs):
-    """Run a validator of ``names``; bad input becomes a SaltInvocationError."""
-    try:
-        return validator(*args, **kwargs)
-    except names.ValidationError as exc:
-        raise SaltInvocationError(str(exc)) from exc
 
 
 @contextlib.contextmanager
