@@ -43,7 +43,8 @@ def resources():
     ``memory``: total, node (used by the node OS), instances (given to running
     domains), free (left for new instances). ``vcpus_used``: vCPUs of running
     domains. ``storage``: total/free per configured template.
-    ``domains``: defined and running domain names.
+    ``domains``: defined and running domain names; ``instances``: memory MiB,
+    vCPUs and state of every defined domain.
 
     CLI Example:
 
@@ -65,4 +66,5 @@ def resources():
         "vcpus_used": sum(d["vcpus"] for d in running),
         "storage": {template: _storage_space(template, loc) for template, loc in sorted(storage.items())},
         "domains": {"defined": sorted(d["name"] for d in doms), "running": sorted(d["name"] for d in running)},
+        "instances": {d["name"]: {"memory": d["memory"], "vcpus": d["vcpus"], "running": d["running"]} for d in doms},
     }

@@ -1,0 +1,47 @@
+from saltext.vmcluster import config
+from saltext.vmcluster.planner import htools, score
+from saltext.vmcluster.planner.live import cluster_from_live
+
+from .ganeti_tools import run_hinfo
+
+
+def _reply(free, instances):
+    return {
+        "memory": {"total": 8192, "node": 1024, "instances": 0, "free": free},
+        "cpus": 4,
+        "storage": {"file": {"location": "/srv/f", "total": 100000, "free": 60000}},
+        "domains": {"defined": sorted(instances), "running": []},
+        "instances": instances,
+    }
+
+
+def _cluster():
+    cfg = config.load({"cluster": {"nodes": {"node1": None, "node2": {"group": "rack2"}, "node3": None}}})
+    replies = {
+        "node1": _reply(5000, {"web1": {"memory": 1024, "vcpus": 2, "running": True},
+                               "db1": {"memory": 2048, "vcpus": 1, "running": False}}),
+        "node2": _reply(7000, {}),
+        "node3": None,
+    }
+    return cluster_from_live(cfg, replies)
+
+
+def test_nodes_groups_and_instances_come_from_live_data():
+    cluster = _cluster()
+    nodes = {n.name: n for n in cluster.nodes}
+    assert nodes["node1"].free_mem == 5000 and nodes["node1"].total_disk == 100000 and not nodes["node1"].offline
+    assert nodes["node3"].offline  # did not answer
+    assert {g.name for g in cluster.groups} == {"default", "rack2"} and nodes["node2"].group == "rack2"
+    insts = {i.name: i for i in cluster.instances}
+    assert insts["web1"].status == "running" and insts["db1"].status == "ADMIN_down"
+    assert insts["web1"].primary == "node1" and insts["web1"].secondary is None and insts["web1"].vcpus == 2
+
+
+def test_live_model_scores_like_hinfo(tmp_path):
+    cluster = _cluster()
+    path = tmp_path / "live.data"
+    htools.dump(cluster, str(path))
+    ours = sum(m.weight * m.value for m in score.score(cluster))
+    (_metrics, total), err = run_hinfo(path, tmp_path)
+    assert not err
+    assert abs(ours - total) < 1e-6
