@@ -4,10 +4,13 @@ import argparse
 import sys
 from typing import List, Optional
 
+from saltext.vmcluster import names
 from saltext.vmcluster.planner import htools
+from saltext.vmcluster.planner.allocate import EVAC_MODES, Allocator, parse_spec
+from saltext.vmcluster.planner.capacity import capacity, tiered_capacity
 from saltext.vmcluster.planner.score import ScoreState
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def format_breakdown(state: ScoreState) -> str:
@@ -31,6 +34,49 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_allocate(args: argparse.Namespace) -> int:
+    """Allocate ``--count`` instances of a spec; exit 1 if one does not fit."""
+    spec = parse_spec(args.spec)
+    alloc = Allocator(htools.load(args.text_file))
+    for k in range(args.count):
+        result = alloc.allocate(parse_spec(f"{args.spec},name={spec.name}-{k}")
+                                if args.count > 1 else spec)
+        if not result.ok:
+            print(f"cannot allocate {result.spec.name}: {result.info}", file=sys.stderr)
+            return EXIT_FAIL
+        p = result.placement
+        print(f"{p.instance}: {p.primary}{'/' + p.secondary if p.secondary else ''} "
+              f"(group {p.group}, score {p.score:.8f})")
+    return EXIT_OK
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    """Print how many instances of a spec (or tiered specs) still fit."""
+    cluster = htools.load(args.text_file)
+    spec = parse_spec(args.spec) if args.spec else None
+    result = (tiered_capacity if args.tiered else capacity)(cluster, spec)
+    for tier, count in result.tiers:
+        print(f"{count} x mem={tier.mem},disk={tier.disk},vcpus={tier.vcpus},"
+              f"template={tier.disk_template}")
+    print(f"Allocatable instances: {result.count}; limited by {result.reason or 'nothing'}")
+    return EXIT_OK
+
+
+def cmd_evacuate(args: argparse.Namespace) -> int:
+    """Print the moves evacuating a node; exit 1 if some instance cannot move."""
+    alloc = Allocator(htools.load(args.text_file))
+    if args.node not in {n.name for n in alloc.cluster.nodes}:
+        raise names.ValidationError("NODE", args.node, "name a node of the data file")
+    result = alloc.evacuate_node(args.node, args.mode)
+    for move in result.moves:
+        new = "/".join(filter(None, move.new))
+        print(f"{move.instance}: {'/'.join(filter(None, move.old))} -> {new}")
+    for name, reason in result.failed.items():
+        print(f"{name}: cannot move: {reason}", file=sys.stderr)
+    print(f"Cluster score: {alloc.score:.8f}")
+    return EXIT_FAIL if result.failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; add new subcommands here."""
     parser = argparse.ArgumentParser(prog="vmcluster-plan", description=__doc__)
@@ -39,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("-t", "--text-data", dest="text_file", required=True,
                       help="htools text data file")
     info.set_defaults(func=cmd_info)
+    spec_help = "mem=SIZE,disk=SIZE,vcpus=N[,template=drbd][,tags=A+B][,name=NAME]"
+    allocate = sub.add_parser("allocate", help="place new instances (like hail)")
+    allocate.add_argument("--spec", required=True, help=spec_help)
+    allocate.add_argument("--count", type=int, default=1, help="instances to place in turn")
+    allocate.set_defaults(func=cmd_allocate)
+    cap = sub.add_parser("capacity", help="how many more instances fit (like hspace)")
+    cap.add_argument("--spec", help=spec_help + " (default: the policy's standard spec)")
+    cap.add_argument("--tiered", action="store_true", help="shrink the spec as resources run out")
+    cap.set_defaults(func=cmd_capacity)
+    evac = sub.add_parser("evacuate", help="move instances off a node")
+    evac.add_argument("node", metavar="NODE")
+    evac.add_argument("--mode", choices=EVAC_MODES, default="all")
+    evac.set_defaults(func=cmd_evacuate)
+    for command in (allocate, cap, evac):
+        command.add_argument("-t", "--text-data", dest="text_file", required=True,
+                             help="htools text data file")
     return parser
 
 
@@ -49,6 +111,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except (htools.HtoolsFormatError, OSError) as err:
         print(f"vmcluster-plan: {args.text_file}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except names.ValidationError as err:
+        print(f"vmcluster-plan: {err}", file=sys.stderr)
         return EXIT_USAGE
 
 

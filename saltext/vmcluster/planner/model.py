@@ -184,6 +184,10 @@ class Cluster:
         inst.primary, inst.secondary = primary, secondary
         self._account(inst, -1)
 
+    def claim(self, inst: Instance) -> None:
+        """Take a newly placed instance's resources from its nodes' reported free values."""
+        self._account(inst, -1)
+
     def _account(self, inst: Instance, sign: int) -> None:
         """Give back (+1) or take (-1) the instance's resources on its nodes."""
         if inst.forthcoming:

@@ -162,6 +162,26 @@ class NodeLoads:
         shared = len(here & self.locations[sec]) if sec >= 0 else 0
         return shared + len(self.desired[i] - here)
 
+    @staticmethod
+    def contributions(inst: Instance) -> Tuple[np.ndarray, np.ndarray]:
+        """The aggregate vectors an instance adds to its primary and to its secondary."""
+        return _contribution(inst, True), _contribution(inst, False)
+
+    def add_instance(self, inst: Instance) -> int:
+        """Register a new, not yet placed instance (appended to the cluster); its index."""
+        self.cluster.instances.append(inst)
+        i = len(self.cluster.instances) - 1
+        self.inst_index[inst.name] = i
+        self.excl_tags.append(self.cluster.exclusion_tags(inst))
+        self.desired.append(self.cluster.desired_locations(inst))
+        pri, sec = self.contributions(inst)
+        self.pri_contrib = np.vstack([self.pri_contrib.reshape(i, len(AGGREGATES)), pri])
+        self.sec_contrib = np.vstack([self.sec_contrib.reshape(i, len(AGGREGATES)), sec])
+        self.sec_mem = np.append(self.sec_mem, inst.mem if inst.uses_secondary_memory else 0)
+        self.placement = np.vstack([self.placement, [-1, -1]])
+        self.loc_of = np.append(self.loc_of, 0.0)
+        return i
+
     def place(self, i: int, pri: int, sec: int) -> None:
         """Add instance ``i`` on node ``pri`` and (if ``sec`` >= 0) node ``sec``."""
         self._update(i, pri, sec, +1)
@@ -196,11 +216,19 @@ class NodeLoads:
 
     def rows(self, nodes: Optional[Sequence[int]] = None) -> np.ndarray:
         """Metric rows (len(nodes) x len(COLUMNS)) of the given (default all) nodes."""
-        sel = slice(None) if nodes is None else np.asarray(nodes, dtype=int)
-        agg = self.agg[sel]
+        sel = np.arange(len(self.t_mem)) if nodes is None else np.asarray(nodes, dtype=int)
+        r_mem = self.peers[sel].max(axis=1) if len(self.t_mem) else np.zeros(0)
+        return self.rows_of(sel, self.agg[sel], r_mem, self._conflicts(sel))
+
+    def rows_of(self, sel: np.ndarray, agg: np.ndarray, r_mem: np.ndarray,
+                conflicts: np.ndarray) -> np.ndarray:
+        """Metric rows of nodes ``sel`` (repeats allowed) given hypothetical state.
+
+        ``agg`` holds their aggregates, ``r_mem`` their reserved memory and
+        ``conflicts`` their exclusion-tag conflict counts (one entry per ``sel``).
+        """
         col = lambda name: agg[:, AGG[name]]  # noqa: E731
         t_mem, excl, hi_sp = self.t_mem[sel], self.excl[sel], self.hi_sp[sel]
-        r_mem = self.peers[sel].max(axis=1) if len(self.t_mem) else np.zeros(0)
         unalloc = self.mem_base[sel] - col("i_mem")
         f_mem = self.mem_world[sel] - col("i_mem")
         f_dsk = self.dsk_world[sel] - col("used_dsk")
@@ -223,7 +251,7 @@ class NodeLoads:
                 "mem_load_cv": col("load_mem"),
                 "disk_load_cv": col("load_dsk"),
                 "net_load_cv": col("load_net"),
-                "pri_tags_score": self._conflicts(sel),
+                "pri_tags_score": conflicts,
                 "spindles_cv": np.where(excl, 0, col("inst_sp")) / hi_sp,
                 "free_mem_cv_forth": (f_mem - col("nonmem_mem")) / t_mem,
                 "free_disk_cv_forth": np.where(
@@ -240,7 +268,7 @@ class NodeLoads:
 
     def _conflicts(self, sel) -> np.ndarray:
         """Primaries sharing an exclusion tag, per node (Node.conflictingPrimaries)."""
-        counters = self.pri_tags[sel] if isinstance(sel, slice) else [self.pri_tags[i] for i in sel]
+        counters = [self.pri_tags[i] for i in sel]
         return np.array([sum(c.values()) - sum(1 for v in c.values() if v) for c in counters],
                         dtype=float)
 
