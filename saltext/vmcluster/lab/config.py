@@ -49,6 +49,8 @@ def minion_config(lab_dir, node_dir, name, ret_port, storage):
         "random_reauth_delay": 0,
         "auth_safemode": False,
         "vmcluster": {"storage": storage},
+        # /etc is the host's in every node: each node keeps its DRBD resource files apart
+        "drbd.config_dir": str(node_dir / "drbd.d"),
     }
 
 
