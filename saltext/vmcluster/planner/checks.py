@@ -244,8 +244,11 @@ class Redundancy:
             targets.add(int(sec))
         order = np.roll(np.arange(len(group)), -pos[node] - 1)[:-1]
         for inst in sorted(others, key=lambda x: (x.disk_template in NOT_MOVABLE, -x.mem)):
-            if inst.disk_template in NOT_MOVABLE and policy_failure(policy, inst, None, exclusive):
-                return None  # recreating it elsewhere must obey the policy
+            # Recreating it elsewhere must obey the policy (a new one was checked already).
+            new = extra is not None and inst is extra[0]
+            if inst.disk_template in NOT_MOVABLE and not new and policy_failure(
+                    policy, inst, None, exclusive):
+                return None
             need = inst.mem if inst.uses_memory else 0
             disk = inst.disk if inst.uses_local_storage else 0
             fits = (mem[order] - need > 0) & ((dsk[order] - disk > 0) | (disk == 0))
