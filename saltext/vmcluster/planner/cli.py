@@ -6,6 +6,7 @@ from typing import List, Optional
 
 from saltext.vmcluster import names
 from saltext.vmcluster.planner import htools
+from saltext.vmcluster.planner import balance as balancer
 from saltext.vmcluster.planner.allocate import EVAC_MODES, Allocator, parse_spec
 from saltext.vmcluster.planner.capacity import capacity, tiered_capacity
 from saltext.vmcluster.planner.score import ScoreState
@@ -77,6 +78,19 @@ def cmd_evacuate(args: argparse.Namespace) -> int:
     return EXIT_FAIL if result.failed else EXIT_OK
 
 
+def cmd_balance(args: argparse.Namespace) -> int:
+    """Balance like hbal: print the moves (or salt-run commands), optionally save."""
+    progress = lambda step, score: print(  # noqa: E731
+        f"step {step}: score {score:.8f}", file=sys.stderr) if step % 100 == 0 else None
+    result = balancer.balance(htools.load(args.text_file), max_steps=args.max_steps,
+                              min_gain=args.min_gain, min_gain_limit=args.min_gain_limit,
+                              allow_copy_storage=args.allow_copy_storage, progress=progress)
+    print(balancer.format_commands(result) if args.commands else balancer.format_moves(result))
+    if args.save:
+        htools.dump(result.cluster, f"{args.save}.balanced")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; add new subcommands here."""
     parser = argparse.ArgumentParser(prog="vmcluster-plan", description=__doc__)
@@ -98,7 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     evac.add_argument("node", metavar="NODE")
     evac.add_argument("--mode", choices=EVAC_MODES, default="all")
     evac.set_defaults(func=cmd_evacuate)
-    for command in (allocate, cap, evac):
+    bal = sub.add_parser("balance", help="balance the cluster (like hbal)")
+    bal.add_argument("-S", "--save", metavar="PREFIX", help="write PREFIX.balanced")
+    bal.add_argument("-C", "--print-commands", dest="commands", action="store_true",
+                     help="print salt-run commands grouped by job set")
+    bal.add_argument("-l", "--max-length", dest="max_steps", type=int, default=-1,
+                     help="at most N moves")
+    bal.add_argument("-g", "--min-gain", type=float, default=balancer.DEFAULT_MIN_GAIN)
+    bal.add_argument("--min-gain-limit", type=float, default=balancer.DEFAULT_MIN_GAIN_LIMIT)
+    bal.add_argument("--allow-copy-storage", action="store_true",
+                     help="also move plain/file instances by live copy of their storage")
+    bal.set_defaults(func=cmd_balance)
+    for command in (allocate, cap, evac, bal):
         command.add_argument("-t", "--text-data", dest="text_file", required=True,
                              help="htools text data file")
     return parser

@@ -1,0 +1,554 @@
+"""Cluster balancing: hbal's greedy one-step-ahead search (Ganeti's
+src/Ganeti/HTools/Cluster.hs tryBalance/checkMove, Cluster/Moves.hs, Node.hs).
+
+Each step picks, over every movable auto-balanced instance and every online
+target node of its group, the move that lowers the htools score most and
+passes Ganeti's hard checks; it stops when no move gains enough (min gain
+0.01 once the score is below the min-gain limit 0.1) or after ``max_steps``.
+
+Differences from hbal, all for speed or reach:
+
+* candidate moves of one instance are scored together, vectorised over the
+  targets, against running per-metric sums (:class:`ScoreState`), instead
+  of recomputing the full score for every candidate;
+* above ``exact_budget`` (movable instances x target nodes), lazy greedy:
+  each instance's best move is cached with its gain; a step re-evaluates
+  instances in order of cached gain until the best one is current, and a
+  full re-evaluation confirms the end of the search (below the budget every
+  step re-evaluates every instance, as hbal does);
+* in groups of more than ``shortlist`` online nodes, the exact evaluation of
+  an instance only covers the targets that score best for its new role on
+  the target alone;
+* all node groups are balanced in one search (moves never leave a group),
+  against the score of the whole cluster; hbal balances one group a run;
+* with ``allow_copy_storage`` plain and file instances move by live
+  migration with storage copy (not in Ganeti).
+"""
+
+import heapq
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from saltext.vmcluster.planner.model import (
+    MIGRATION_TAG_PREFIX,
+    Cluster,
+    Instance,
+    _suffixes,
+)
+from saltext.vmcluster.planner.score import AGG, COLUMNS, METRICS, NodeLoads, ScoreState
+
+# Mirror types (Types.templateMirrorType) restricted to Ganeti's movable templates.
+INTERNAL_MIRROR = frozenset(("drbd",))
+EXTERNAL_MIRROR = frozenset(("sharedfile", "blockdev", "rbd", "ext", "gluster"))
+COPY_STORAGE = frozenset(("plain", "file"))
+ALLOW_MIGRATION_PREFIX = "htools:allowmigration:"
+
+# Move kinds with hbal's notation; "copy" is this planner's copy-storage move.
+FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER = "failover", "replace_secondary", "replace_and_failover"
+REPLACE_PRIMARY, FAILOVER_AND_REPLACE = "replace_primary", "failover_and_replace"
+FAILOVER_TO_ANY, COPY = "failover_to_any", "copy_storage"
+KINDS = (FAILOVER, REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY,
+         FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, COPY)
+DRBD_TARGET_KINDS = (REPLACE_SECONDARY, REPLACE_AND_FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE)
+KIND_CODE = {kind: k for k, kind in enumerate(KINDS)}
+
+DEFAULT_MIN_GAIN, DEFAULT_MIN_GAIN_LIMIT, DEFAULT_MIN_SCORE = 0.01, 0.1, 1e-9
+DEFAULT_SHORTLIST = 48
+DEFAULT_EXACT_BUDGET = 5000
+RESERVED_MEM_RTOTAL = next(m.weight for m in METRICS if m.name == "reserved_mem_rtotal")
+
+
+@dataclass
+class Move:
+    """One balancing step: ``score`` is the cluster score after it."""
+
+    instance: str
+    kind: str
+    old_primary: str
+    old_secondary: Optional[str]
+    new_primary: str
+    new_secondary: Optional[str]
+    score: float
+    running: bool = True
+
+    @property
+    def nodes(self) -> List[str]:
+        """Nodes the move touches (hbal's involvedNodes)."""
+        names = (self.new_primary, self.new_secondary, self.old_primary, self.old_secondary)
+        return list(dict.fromkeys(n for n in names if n))
+
+    @property
+    def code(self) -> str:
+        """hbal's short notation: f, r:NODE, f r:NODE f, r:NODE f, f r:NODE, fa:NODE."""
+        pri, sec = self.new_primary, self.new_secondary
+        return {
+            FAILOVER: "f", REPLACE_SECONDARY: f"r:{sec}", REPLACE_PRIMARY: f"f r:{pri} f",
+            REPLACE_AND_FAILOVER: f"r:{pri} f", FAILOVER_AND_REPLACE: f"f r:{sec}",
+            FAILOVER_TO_ANY: f"fa:{pri}", COPY: f"cs:{pri}",
+        }[self.kind]
+
+    def commands(self) -> List[str]:
+        """``salt-run`` commands carrying out the move (hbal's computeMoves)."""
+        run = "salt-run cluster."
+        mig = f"{run}{'migrate' if self.running else 'failover'} {self.instance}"
+        rep = lambda node: f"{run}replace_disks {self.instance} new_secondary={node}"  # noqa: E731
+        pri, sec = self.new_primary, self.new_secondary
+        return {
+            FAILOVER: [mig], REPLACE_SECONDARY: [rep(sec)], REPLACE_PRIMARY: [mig, rep(pri), mig],
+            REPLACE_AND_FAILOVER: [rep(pri), mig], FAILOVER_AND_REPLACE: [mig, rep(sec)],
+            FAILOVER_TO_ANY: [f"{mig} target={pri}"],
+            COPY: [f"{run}migrate {self.instance} target={pri} copy_storage=True"],
+        }[self.kind]
+
+
+@dataclass
+class BalanceResult:
+    """Outcome of :func:`balance`; ``cluster`` is the balanced copy."""
+
+    cluster: Cluster
+    moves: List[Move]
+    initial_score: float
+    final_score: float
+
+    @property
+    def job_sets(self) -> List[List[Move]]:
+        """The moves grouped like hbal's job sets (see :func:`job_sets`)."""
+        return job_sets(self.moves)
+
+
+def job_sets(moves: Sequence[Move]) -> List[List[Move]]:
+    """Split moves, in order, into sets of consecutive moves on disjoint nodes.
+
+    Like hbal's splitJobs: a move joins the current set if it touches none of
+    its nodes, else starts the next set; the moves of a set can run in parallel.
+    """
+    sets: List[List[Move]] = []
+    busy: set = set()
+    for move in moves:
+        if sets and busy.isdisjoint(move.nodes):
+            sets[-1].append(move)
+            busy.update(move.nodes)
+        else:
+            sets.append([move])
+            busy = set(move.nodes)
+    return sets
+
+
+def optimal_score(loads: NodeLoads) -> float:
+    """Best score reachable given N+1 reservations (Metrics.optimalCVScore)."""
+    if len(loads.t_mem) < 2:
+        return 0.0
+    total = loads.t_mem.sum()
+    less_one = total - loads.t_mem.max()
+    if less_one <= 0:
+        return 0.0
+    drbd_mem = loads.peers.sum()
+    return RESERVED_MEM_RTOTAL * (drbd_mem / less_one - drbd_mem / total)
+
+
+def _mirror(inst: Instance, allow_copy_storage: bool) -> Optional[str]:
+    """How an instance can move: "internal", "external", "copy" or not (None)."""
+    if inst.disk_template in INTERNAL_MIRROR:
+        return "internal"
+    if inst.disk_template in EXTERNAL_MIRROR:
+        return "external"
+    if allow_copy_storage and inst.disk_template in COPY_STORAGE:
+        return "copy"
+    return None
+
+
+def _migration_matrix(cluster: Cluster) -> Optional[np.ndarray]:
+    """ok[src, dst]: migration allowed (Node.checkMigration); None if unrestricted."""
+    prefixes = _suffixes(MIGRATION_TAG_PREFIX, cluster.tags)
+    if not prefixes:
+        return None
+    allowed = [t[len(ALLOW_MIGRATION_PREFIX):].split("::", 1) for t in cluster.tags
+               if t.startswith(ALLOW_MIGRATION_PREFIX) and "::" in t]
+    mig = [{t for t in n.tags for p in prefixes if t.startswith(p + ":")} for n in cluster.nodes]
+    recv = [tags | {src for src, dst in allowed if dst in tags} for tags in mig]
+    return np.array([[src <= dst for dst in recv] for src in mig], dtype=bool)
+
+
+class _Candidates:
+    """The candidate moves of one instance, one row each (target-major order)."""
+
+    def __init__(self, kinds: np.ndarray, pri: np.ndarray, sec: np.ndarray, slots: np.ndarray,
+                 pad: np.ndarray):
+        self.kinds, self.pri, self.sec, self.slots, self.pad = kinds, pri, sec, slots, pad
+
+
+class Balancer:
+    """Incremental state of one balancing run over a (copied) cluster."""
+
+    def __init__(self, cluster: Cluster, allow_copy_storage: bool = False,
+                 shortlist: int = DEFAULT_SHORTLIST):
+        self.cluster = cluster
+        self.shortlist = shortlist
+        self.loads = loads = NodeLoads(cluster)
+        self.state = ScoreState.from_loads(loads)
+        nodes, insts = cluster.nodes, cluster.instances
+        self.online = ~loads.offline
+        self.rmax = loads.peers.max(axis=1) if nodes else np.zeros(0)
+        self.fail_n1 = (loads.mem_world - loads.agg[:, AGG["i_mem"]]) < self.rmax
+        self.raw_cpu = np.array([n.total_cpus for n in nodes], dtype=float)
+        groups = {g.uuid: g for g in cluster.groups}
+        self.vcpu_ratio = np.array([cluster.group_ipolicy(groups[n.group]).vcpu_ratio
+                                    for n in nodes], dtype=float)
+        self.migration = _migration_matrix(cluster)
+        # Exclusion tags as a node x tag count matrix.
+        tag_ids: Dict[str, int] = {}
+        self.inst_tags = [np.array([tag_ids.setdefault(t, len(tag_ids)) for t in tags], dtype=int)
+                          for tags in loads.excl_tags]
+        self.tag_count = np.zeros((len(nodes), len(tag_ids)))
+        for i, tags in enumerate(self.inst_tags):
+            self.tag_count[loads.placement[i][0], tags] += 1
+        self.conflicts = np.maximum(self.tag_count - 1, 0).sum(axis=1)
+        # Location tags (node) and desired locations (instance) as boolean matrices.
+        vocab: Dict[str, int] = {}
+        for tags in loads.locations + loads.desired:
+            for tag in sorted(tags):
+                vocab.setdefault(tag, len(vocab))
+        self.has_locations = bool(vocab)
+        as_row = lambda tags: np.isin(np.arange(len(vocab)), [vocab[t] for t in tags])  # noqa: E731
+        self.node_loc = np.array([as_row(t) for t in loads.locations]).reshape(len(nodes), -1)
+        self.inst_loc = np.array([as_row(t) for t in loads.desired]).reshape(len(insts), -1)
+        # Targets: the online nodes of each group; movable instances.
+        group_of = np.array([n.group for n in nodes])
+        self.targets = {g: np.flatnonzero((group_of == g) & self.online) for g in groups}
+        self.mirror = [_mirror(inst, allow_copy_storage) for inst in insts]
+        self.movable = [
+            i for i, inst in enumerate(insts)
+            if self.mirror[i] and inst.auto_balance
+            and (inst.secondary is None or nodes[loads.index[inst.secondary]].group
+                 == nodes[loads.index[inst.primary]].group)
+        ]
+
+    def unalloc(self, sel, agg: np.ndarray) -> np.ndarray:
+        """Unallocated memory of nodes ``sel`` with aggregates ``agg`` (Node.unallocatedMem)."""
+        return self.loads.mem_base[sel] - agg[..., AGG["i_mem"]]
+
+    # -- candidate generation -------------------------------------------------
+
+    def _candidates(self, i: int, targets: np.ndarray) -> _Candidates:
+        pri, sec = (int(x) for x in self.loads.placement[i])
+        if self.mirror[i] != "internal":
+            kind = KIND_CODE[FAILOVER_TO_ANY if self.mirror[i] == "external" else COPY]
+            k = len(targets)
+            slots = np.stack([np.full(k, pri), targets, np.full(k, pri)], axis=1)
+            pad = np.zeros((k, 3), bool)
+            pad[:, 2] = True
+            return _Candidates(np.full(k, kind), targets.copy(), np.full(k, -1), slots, pad)
+        use_sec = bool(self.online[sec])
+        kinds = DRBD_TARGET_KINDS if use_sec else DRBD_TARGET_KINDS[:2]
+        codes = np.tile([KIND_CODE[k] for k in kinds], len(targets))
+        tgt = np.repeat(targets, len(kinds))
+        new_pri = np.select([codes == KIND_CODE[REPLACE_SECONDARY], codes == KIND_CODE[FAILOVER_AND_REPLACE]],
+                            [pri, sec], tgt)
+        new_sec = np.select([codes == KIND_CODE[REPLACE_SECONDARY], codes == KIND_CODE[REPLACE_AND_FAILOVER],
+                             codes == KIND_CODE[REPLACE_PRIMARY]], [tgt, pri, sec], tgt)
+        slots = np.stack([np.full(len(tgt), pri), np.full(len(tgt), sec), tgt], axis=1)
+        pad = np.zeros(slots.shape, bool)
+        if use_sec:  # failover first, as hbal tries it before the target nodes
+            codes = np.concatenate([[KIND_CODE[FAILOVER]], codes])
+            new_pri, new_sec = np.concatenate([[sec], new_pri]), np.concatenate([[pri], new_sec])
+            slots = np.concatenate([[[pri, sec, pri]], slots])
+            pad = np.concatenate([[[False, False, True]], pad])
+        return _Candidates(codes, new_pri, new_sec, slots, pad)
+
+    # -- evaluation ---------------------------------------------------------------
+
+    def _slot_state(self, i: int, cand: _Candidates):
+        """Roles, aggregates, reserved memory and conflicts of every candidate slot."""
+        loads = self.loads
+        pri, sec = loads.placement[i]
+        slots, live = cand.slots, ~cand.pad
+        old_pri, old_sec = (slots == pri) & live, (slots == sec) & live & (sec >= 0)
+        new_pri = (slots == cand.pri[:, None]) & live
+        new_sec = (slots == cand.sec[:, None]) & live
+        agg_rem = (loads.agg[slots] - old_pri[..., None] * loads.pri_contrib[i]
+                   - old_sec[..., None] * loads.sec_contrib[i])
+        agg_rem[..., AGG["loc_score"]] -= old_pri * loads.loc_of[i]
+        agg_new = agg_rem + new_pri[..., None] * loads.pri_contrib[i] + new_sec[..., None] * loads.sec_contrib[i]
+        agg_new[..., AGG["loc_score"]] += new_pri * self._loc_scores(i, cand)[:, None]
+        mem = loads.sec_mem[i]
+        base = self.rmax[slots]
+        at = loads.peers[slots, cand.pri[:, None]]
+        if sec >= 0:
+            peers_s = loads.peers[sec].copy()
+            peers_s[pri] -= mem
+            base = np.where(slots == sec, peers_s.max(), base)
+            at = np.where(slots == sec, peers_s[cand.pri][:, None], at)
+        r_new = np.where(new_sec, np.maximum(base, at + mem), base)
+        conflicts = self.conflicts[slots]
+        tags = self.inst_tags[i]
+        count = self.tag_count[slots][..., tags] - old_pri[..., None]
+        if len(tags):
+            after = count + new_pri[..., None]
+            conflicts = conflicts + (np.maximum(after - 1, 0) - np.maximum(count + old_pri[..., None] - 1, 0)).sum(-1)
+        return old_pri, old_sec, new_pri, new_sec, agg_rem, agg_new, base, r_new, conflicts, count
+
+    def _loc_scores(self, i: int, cand: _Candidates) -> np.ndarray:
+        """Location score of the instance at each candidate's new nodes."""
+        if not self.has_locations or self.cluster.instances[i].forthcoming:
+            return np.zeros(len(cand.pri))
+        here = self.node_loc[cand.pri]
+        shared = np.where(cand.sec >= 0, (here & self.node_loc[cand.sec]).sum(-1), 0)
+        return shared + (self.inst_loc[i] & ~here).sum(-1)
+
+    def _map_deltas(self, i: int, cand: _Candidates) -> np.ndarray:
+        """Change of the location-exclusion metric for each candidate."""
+        loads, totals = self.loads, self.state.map_totals
+        tags = loads.excl_tags[i]
+        out = np.zeros(len(cand.pri))
+        if not tags or not self.has_locations or self.cluster.instances[i].forthcoming:
+            return out
+        pri = loads.placement[i][0]
+        pairs = lambda node: [(loc, t) for loc in loads.locations[node] for t in tags]  # noqa: E731
+        counts = dict(totals)
+        base = 0.0
+        if self.online[pri]:
+            for pair in pairs(pri):
+                base -= counts.get(pair, 0) >= 2
+                counts[pair] = counts.get(pair, 0) - 1
+        for k, node in enumerate(cand.pri):
+            if node != pri:
+                out[k] = base + sum(counts.get(pair, 0) >= 1 for pair in pairs(node))
+        return out * next(m.weight for m in METRICS if m.kind == "map")
+
+    def _illegal(self, i: int, cand: _Candidates, state) -> np.ndarray:
+        """Ganeti's hard checks (Node.addPriEx/addSecExEx, checkMigration) per candidate."""
+        loads, inst = self.loads, self.cluster.instances[i]
+        old_pri, old_sec, new_pri, new_sec, agg_rem, agg_new, r_rem, r_new, _, count = state
+        pri, sec = loads.placement[i]
+        slots = cand.slots
+        col = lambda agg, name: agg[..., AGG[name]]  # noqa: E731
+        off_p, off_s = bool(loads.offline[pri]), bool(sec >= 0 and loads.offline[sec])
+        # re-adding the instance to its own primary (replace-secondary) is forced
+        force_pri = np.where(cand.kinds == KIND_CODE[REPLACE_AND_FAILOVER], False, off_p)[:, None] | old_pri
+        force_sec = np.isin(cand.kinds, [KIND_CODE[REPLACE_SECONDARY], KIND_CODE[REPLACE_AND_FAILOVER]])
+        force_sec = np.where(force_sec, off_s, off_p)[:, None]
+        ignore_disks = ((cand.kinds == KIND_CODE[FAILOVER]) & off_p)[:, None]
+        local = inst.uses_local_storage
+        excl, hi_sp = loads.excl[slots], loads.hi_sp[slots]
+        unalloc_rem, unalloc_new = self.unalloc(slots, agg_rem), self.unalloc(slots, agg_new)
+        f_dsk = loads.dsk_world[slots] - col(agg_new, "used_dsk")
+        f_dsk_forth = f_dsk - col(agg_new, "used_dsk_forth")
+        mem_forth = lambda agg: loads.mem_world[slots] - col(agg, "i_mem") - col(agg, "nonmem_mem")  # noqa: E731
+        spindles_out = excl & ((loads.sp_world[slots] - col(agg_new, "used_sp") < 0)
+                               | (inst.disk_spindles is None))
+        over_sp = ~excl & ((col(agg_new, "inst_sp") > hi_sp) | (col(agg_new, "inst_sp_forth") > hi_sp))
+        cpu = lambda name: (col(agg_new, name) + loads.os_cpu[slots]) / self.raw_cpu[slots]  # noqa: E731
+        ratio = self.vcpu_ratio[slots]
+        was_failing = np.where(old_pri | old_sec, unalloc_rem <= r_rem, self.fail_n1[slots])
+        sec_mem = loads.sec_mem[i]
+        # Forthcoming limits: all a forthcoming instance is checked against.
+        pri_forth = ((mem_forth(agg_new) <= 0) | (local & ((f_dsk_forth <= 0) | over_sp))
+                     | ((ratio >= 0) & (ratio < cpu("u_cpu_forth"))))
+        sec_forth = (f_dsk_forth <= 0) | over_sp | (sec_mem >= mem_forth(agg_rem))
+        if inst.forthcoming:
+            pri_bad, sec_bad = ~force_pri & pri_forth, ~force_sec & sec_forth
+        else:
+            pri_bad = (unalloc_new <= 0) | (local & ((f_dsk <= 0) | spindles_out)) | (~force_pri & (
+                (local & over_sp) | ((unalloc_new <= r_rem) & ~was_failing)
+                | ((ratio >= 0) & (ratio < cpu("u_cpu"))) | (count >= 1).any(-1) | pri_forth))
+            sec_bad = ((~ignore_disks & (f_dsk <= 0)) | spindles_out | (~force_sec & (
+                over_sp | (sec_mem >= unalloc_rem) | ((unalloc_rem <= r_new) & ~was_failing)
+                | sec_forth)))
+        bad = ((new_pri & pri_bad) | (new_sec & sec_bad)).any(axis=1)
+        kinds = cand.kinds
+        if self.mirror[i] == "internal" and kinds[0] == KIND_CODE[FAILOVER]:
+            # replace-primary first fails the instance over to its secondary
+            tmp_bad = bool((new_pri & pri_bad)[0].any())
+            bad |= tmp_bad & (kinds == KIND_CODE[REPLACE_PRIMARY])
+        if self.migration is not None:
+            ok = self.migration
+            via_sec = np.isin(kinds, [KIND_CODE[k] for k in (FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE)])
+            direct = np.isin(kinds, [KIND_CODE[k] for k in (REPLACE_AND_FAILOVER, FAILOVER_TO_ANY, COPY)])
+            bad |= via_sec & ~ok[pri, sec]
+            bad |= direct & ~ok[pri, cand.pri]
+            bad |= (kinds == KIND_CODE[REPLACE_PRIMARY]) & ~ok[sec, cand.pri]
+        return bad
+
+    def _score(self, i: int, cand: _Candidates) -> np.ndarray:
+        """Cluster score after each candidate move (inf where illegal)."""
+        state = self._slot_state(i, cand)
+        agg_new, r_new, conflicts = state[5], state[7], state[8]
+        slots = cand.slots
+        rows = self.loads.rows_of(slots.ravel(), agg_new.reshape(-1, len(AGG)), r_new.ravel(),
+                                  conflicts.ravel()).reshape(*slots.shape, len(COLUMNS))
+        rows[cand.pad] = self.state.rows[slots[cand.pad]]
+        totals = self.state.slot_totals(slots, rows) + self._map_deltas(i, cand)
+        return np.where(self._illegal(i, cand, state), np.inf, totals)
+
+    def _shortlist(self, i: int, targets: np.ndarray) -> np.ndarray:
+        """The targets scoring best for the instance's new role on the target alone."""
+        keep = set()
+        kinds = {"internal": (REPLACE_SECONDARY, REPLACE_AND_FAILOVER),
+                 "external": (FAILOVER_TO_ANY,), "copy": (COPY,)}[self.mirror[i]]
+        for kind in kinds:
+            cand = self._single_kind(i, targets, kind)
+            scores = self._score(i, cand)
+            keep.update(targets[np.argsort(scores, kind="stable")[: self.shortlist]].tolist())
+        return np.array(sorted(keep), dtype=int)
+
+    def _single_kind(self, i: int, targets: np.ndarray, kind: str) -> _Candidates:
+        """Candidates of one kind with only the target slot live."""
+        pri = self.loads.placement[i][0]
+        k = len(targets)
+        new_pri = targets if kind in (REPLACE_AND_FAILOVER, FAILOVER_TO_ANY, COPY) else np.full(k, pri)
+        new_sec = targets if kind == REPLACE_SECONDARY else np.full(k, -1)
+        slots = np.stack([targets, np.full(k, pri), np.full(k, pri)], axis=1)
+        pad = np.zeros((k, 3), bool)
+        pad[:, 1:] = True
+        return _Candidates(np.full(k, KIND_CODE[kind]), new_pri, new_sec, slots, pad)
+
+    def best_move(self, i: int) -> Tuple[float, int, int, int]:
+        """(score after, kind code, new primary, new secondary) of the instance's best move."""
+        pri, sec = (int(x) for x in self.loads.placement[i])
+        group = self.cluster.nodes[pri].group
+        targets = self.targets[group]
+        targets = targets[(targets != pri) & (targets != sec)]
+        if len(targets) > self.shortlist:
+            targets = self._shortlist(i, targets)
+        cand = self._candidates(i, targets)
+        if not len(cand.kinds):
+            return np.inf, -1, -1, -1
+        scores = self._score(i, cand)
+        k = int(np.argmin(scores))
+        return float(scores[k]), int(cand.kinds[k]), int(cand.pri[k]), int(cand.sec[k])
+
+    # -- applying moves -------------------------------------------------------------
+
+    def apply(self, i: int, pri: int, sec: int) -> None:
+        """Carry out a move in the score state and the cluster."""
+        loads = self.loads
+        old_pri = loads.placement[i][0]
+        touched = loads.move(i, pri, sec)
+        self.state.apply(loads.changes(touched))
+        tags = self.inst_tags[i]
+        self.tag_count[old_pri, tags] -= 1
+        self.tag_count[pri, tags] += 1
+        self.conflicts[touched] = np.maximum(self.tag_count[touched] - 1, 0).sum(axis=1)
+        self.rmax[touched] = loads.peers[touched].max(axis=1)
+        self.fail_n1[touched] = self.unalloc(touched, loads.agg[touched]) <= self.rmax[touched]
+        names = self.cluster.nodes
+        self.cluster.relocate(self.cluster.instances[i], names[pri].name,
+                              names[sec].name if sec >= 0 else None)
+
+
+def balance(cluster: Cluster, max_steps: int = -1, min_gain: float = DEFAULT_MIN_GAIN,
+            min_gain_limit: float = DEFAULT_MIN_GAIN_LIMIT, allow_copy_storage: bool = False,
+            min_score: float = DEFAULT_MIN_SCORE, shortlist: int = DEFAULT_SHORTLIST,
+            exact_budget: int = DEFAULT_EXACT_BUDGET,
+            progress: Optional[Callable[[int, float], None]] = None) -> BalanceResult:
+    """Balance a cluster like hbal; the input is not modified.
+
+    ``max_steps`` < 0 means no limit; ``progress(step, score)`` is called
+    after every move.
+    """
+    from copy import deepcopy
+
+    work = deepcopy(cluster)
+    bal = Balancer(work, allow_copy_storage=allow_copy_storage, shortlist=shortlist)
+    initial = bal.state.total
+    moves: List[Move] = []
+    optimum = optimal_score(bal.loads)
+    if initial - optimum < min_score:  # hbal: "Cluster is already well balanced"
+        return BalanceResult(work, moves, initial, initial)
+    stop_at = optimum + min_score
+    search = _LazySearch(bal, exact=len(bal.movable) * len(work.nodes) <= exact_budget)
+    while (max_steps < 0 or len(moves) < max_steps) and bal.state.total > stop_at:
+        current = bal.state.total
+        accept = lambda total: total < current and (  # noqa: E731
+            current > min_gain_limit or current - total >= min_gain)
+        found = search.next_move(accept)
+        if found is None:
+            break
+        i, (total, kind, pri, sec) = found
+        inst = work.instances[i]
+        old = (inst.primary, inst.secondary)
+        bal.apply(i, pri, sec)
+        moves.append(Move(inst.name, KINDS[kind], old[0], old[1], inst.primary, inst.secondary,
+                          bal.state.total, running=inst.uses_memory))
+        search.moved()
+        if progress:
+            progress(len(moves), bal.state.total)
+    return BalanceResult(work, moves, initial, bal.state.total)
+
+
+class _LazySearch:
+    """Lazy greedy over cached per-instance best moves (see the module doc)."""
+
+    def __init__(self, bal: Balancer, exact: bool):
+        self.bal, self.exact = bal, exact
+        self.version = 0
+        self.heap: List[Tuple[float, int, int]] = []
+        self.best: Dict[int, Tuple[float, int, int, int]] = {}
+        self.stamp: Dict[int, int] = {}
+        self.full_version = -1
+        self.refresh(bal.movable)
+
+    def refresh(self, instances: Sequence[int]) -> None:
+        """Re-evaluate instances at the current state."""
+        current = self.bal.state.total
+        for i in instances:
+            self.best[i] = self.bal.best_move(i)
+            self.stamp[i] = self.version
+            heapq.heappush(self.heap, (self.best[i][0] - current, i, self.version))
+
+    def moved(self) -> None:
+        """After a move: every cached move is stale (re-evaluated now if exact)."""
+        self.version += 1
+        if self.exact:
+            self.heap = []
+            self.refresh(self.bal.movable)
+            self.full_version = self.version
+
+    def next_move(self, accept: Callable[[float], bool]):
+        """The best current move passing ``accept``, or None; confirms with a full pass."""
+        found = self._pop(accept)
+        if found is None and self.full_version != self.version:
+            self.heap = []
+            self.refresh(self.bal.movable)
+            self.full_version = self.version
+            found = self._pop(accept)
+        return found
+
+    def _pop(self, accept: Callable[[float], bool]):
+        current = self.bal.state.total
+        while self.heap:
+            delta, i, version = self.heap[0]
+            if version != self.stamp[i]:
+                heapq.heappop(self.heap)  # superseded entry
+            elif version != self.version:
+                heapq.heappop(self.heap)
+                self.refresh([i])
+            else:
+                total = self.best[i][0]
+                return (i, self.best[i]) if accept(total) else None
+        return None
+
+
+def format_moves(result: BalanceResult) -> str:
+    """hbal-style table of the moves with the initial and final scores."""
+    lines = [f"Initial score: {result.initial_score:.8f}"]
+    width = max((len(m.instance) for m in result.moves), default=0)
+    for n, move in enumerate(result.moves, start=1):
+        old = ":".join(filter(None, (move.old_primary, move.old_secondary)))
+        new = ":".join(filter(None, (move.new_primary, move.new_secondary)))
+        lines.append(f"  {n:3d}. {move.instance:<{width}} {old} => {new} {move.score:12.8f} "
+                     f"a={move.code}")
+    lines.append(f"Final score: {result.final_score:.8f} ({len(result.moves)} moves, "
+                 f"{len(result.job_sets)} job sets)")
+    return "\n".join(lines)
+
+
+def format_commands(result: BalanceResult) -> str:
+    """The moves as ``salt-run`` commands, one block per job set."""
+    lines = []
+    for n, jobs in enumerate(result.job_sets, start=1):
+        lines.append(f"# job set {n}: {len(jobs)} jobs, run in parallel")
+        lines.extend(cmd for move in jobs for cmd in move.commands())
+    return "\n".join(lines)
