@@ -382,6 +382,21 @@ class ScoreState:
             self.rows[node] = row
             self.maps[node] = Counter(counter)
 
+    def slot_totals(self, nodes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Scores if, for each candidate k, nodes ``nodes[k, j]`` took ``rows[k, j]``.
+
+        ``nodes`` is (K, m) with distinct nodes per candidate, ``rows`` is
+        (K, m, C); the location-exclusion map is taken as unchanged.
+        """
+        if not self.has_online:
+            return np.zeros(len(nodes))
+        member = self.member[nodes]
+        new = np.where(member, rows - self.shift, 0.0)
+        old = np.where(member, self.rows[nodes] - self.shift, 0.0)
+        s1 = self.s1 + (new - old).sum(axis=1)
+        s2 = self.s2 + (new * new - old * old).sum(axis=1)
+        return self._values(s1, s2) @ self.weights + MAP_METRIC.weight * _map_value(self.map_totals)
+
     def candidate_totals(self, nodes: Sequence[int], rows: np.ndarray,
                          fixed: Optional[Mapping[int, NodeRow]] = None,
                          maps: Optional[Sequence[Counter]] = None) -> np.ndarray:
