@@ -10,7 +10,10 @@ import logging
 try:
     from saltext.vmcluster import config, views
     from saltext.vmcluster.names import ValidationError
-    from saltext.vmcluster.rpc import NodeRPC
+    from saltext.vmcluster.ops import engine
+    from saltext.vmcluster.ops import instances as instance_ops
+    from saltext.vmcluster.rpc import NodeError, NodeRPC
+    from saltext.vmcluster.store import LockTimeout, Store
 
     IMPORT_ERROR = None
 except ImportError as exc:
@@ -43,6 +46,26 @@ def _config():
         return config.load(__salt__["pillar.show_pillar"]())
     except ValidationError as exc:
         raise _Refused(f"invalid cluster pillar: {exc}") from exc
+
+
+def _fire(tag, data):
+    """Progress for the operator (salt-run prints it) and an event on the master bus."""
+    jid_event = globals().get("__jid_event__")
+    if jid_event is not None:
+        jid_event.fire_event({"message": data.get("message", tag)}, "progress")
+    __salt__["event.send"](f"cluster/{tag}", data)
+
+
+def _context():
+    return engine.Context(store=Store.from_opts(__opts__), rpc=NodeRPC(__opts__), cfg=_config(), fire=_fire)
+
+
+def _operate(func, *args, **kwargs):
+    """Run an operation; the operator's mistakes and failures come back as clear errors."""
+    try:
+        return func(_context(), *args, **kwargs)
+    except (_Refused, ValidationError, engine.OpError, LockTimeout, NodeError) as exc:
+        return _fail(exc)
 
 
 def _selected_nodes(cfg, patterns):
@@ -97,3 +120,128 @@ def info(timeout=DEFAULT_TIMEOUT):
         return _fail(exc)
     rows, replies = _live_rows(sorted(cfg.nodes), timeout)
     return views.cluster_summary(cfg.name, rows, replies)
+
+
+def instances(match="*"):
+    """
+    List instances like ``gnt-instance list``: name, template, primary and
+    secondary node, admin state, memory, vCPUs and disk. ``match`` takes names,
+    comma lists and wildcards.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.instances
+        salt-run cluster.instances 'web*' --out=json
+    """
+    try:
+        records = Store.from_opts(__opts__).instances()
+    except Exception as exc:  # pylint: disable=broad-except
+        return _fail(exc)
+    rows = [views.instance_row(records[name]) for name in views.match_names(records, match)]
+    return {"outputter": "cluster_table", "data": rows}
+
+
+def add(name, memory="512M", vcpus=1, disks="10G", template=None, nodes=None, start=True, test=False):
+    """
+    Add an instance: the planner chooses its node unless ``nodes`` is given
+    (``node1``; ``node1:node2`` for drbd), then disks are created, the domain is
+    defined and started. ``disks`` is a size or a list of sizes.
+    ``test=True`` prints the plan and changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.add web1 memory=1G vcpus=2 disks=20G template=file
+        salt-run cluster.add db1 memory=4G disks='[20G, 100G]' template=sharedfile nodes=node2
+        salt-run cluster.add web2 memory=1G test=True
+    """
+    return _operate(instance_ops.add, name, memory, vcpus=vcpus, disks=disks, template=template, nodes=nodes,
+                    start=start, test=test)
+
+
+def remove(name, test=False):
+    """
+    Remove an instance: power it off, undefine it, delete its disks on every node.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.remove web1
+    """
+    return _operate(instance_ops.remove, name, test=test)
+
+
+def start(name, test=False):
+    """
+    Start an instance on its primary node and mark it admin-up.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.start web1
+    """
+    return _operate(instance_ops.start, name, test=test)
+
+
+def stop(name, timeout=60, force=False, test=False):
+    """
+    Mark an instance admin-down and shut it down (ACPI, power off after
+    ``timeout`` seconds; ``force=True`` powers off at once). The watcher never
+    restarts an instance stopped this way.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.stop web1
+        salt-run cluster.stop web1 force=True
+    """
+    return _operate(instance_ops.stop, name, timeout=timeout, force=force, test=test)
+
+
+def reboot(name, timeout=60, test=False):
+    """
+    Reboot an instance: shut it down (power off after ``timeout``) and start it again.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.reboot web1
+    """
+    return _operate(instance_ops.reboot, name, timeout=timeout, test=test)
+
+
+def jobs(state=None):
+    """
+    List the operations journal: job id, operation, target, state, steps done.
+    A job whose runner died shows as ``interrupted``: finish it with ``cluster.resume``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.jobs
+        salt-run cluster.jobs state=failed
+    """
+    rows = [views.job_row(job, engine.owner_alive) for job in Store.from_opts(__opts__).jobs().values()]
+    rows = [row for row in rows if state in (None, row["state"])]
+    return {"outputter": "cluster_table", "data": sorted(rows, key=lambda r: r["job"])}
+
+
+def resume(job):
+    """
+    Finish an interrupted or failed job from its first unfinished step.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.resume 20261121063000-a1b2c3
+    """
+    return _operate(lambda ctx: instance_ops.summary(engine.resume(ctx, job)))

@@ -12,7 +12,10 @@ from saltext.vmcluster.names import ValidationError
 NODE_KEYS = {
     "group": "node group name (default: default)",
     "replication_address": "IP address for DRBD replication",
+    "fence": "fence command as a list of arguments (fence-agents style), e.g. [fence_ipmilan, ...]",
 }
+DEFAULT_KEYS = {"template": ("file", "sharedfile", "plain", "drbd")}
+ALLOC_POLICIES = ("preferred", "last_resort", "unallocable")
 
 
 @dataclass(frozen=True)
@@ -20,12 +23,15 @@ class NodeConfig:
     name: str
     group: str = "default"
     replication_address: str = None
+    fence: tuple = ()
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     name: str
     nodes: dict = field(default_factory=dict)  # name -> NodeConfig
+    groups: dict = field(default_factory=dict)  # name -> alloc policy
+    defaults: dict = field(default_factory=dict)  # key -> value (see DEFAULT_KEYS)
 
 
 def _mapping(value, path, fix):
@@ -47,7 +53,10 @@ def _node(name, settings, path):
     if address is not None:
         address = names.ip_address(address, f"{path}:replication_address")
     group = names.name(settings.get("group", "default"), f"{path}:group")
-    return NodeConfig(name=name, group=group, replication_address=address)
+    fence = settings.get("fence", [])
+    if not isinstance(fence, list) or not all(isinstance(arg, str) and arg for arg in fence):
+        raise ValidationError(f"{path}:fence", fence, "give the fence command as a list of strings")
+    return NodeConfig(name=name, group=group, replication_address=address, fence=tuple(fence))
 
 
 def _nodes(value):
@@ -68,4 +77,26 @@ def load(pillar):
     if "nodes" not in cluster:
         raise ValidationError("cluster:nodes", None, "declare the nodes: a list of minion ids")
     name = names.name(cluster.get("name", "cluster"), "cluster:name")
-    return ClusterConfig(name=name, nodes=_nodes(cluster["nodes"]))
+    nodes = _nodes(cluster["nodes"])
+    return ClusterConfig(name=name, nodes=nodes, groups=_groups(cluster.get("groups"), nodes),
+                         defaults=_defaults(cluster.get("defaults")))
+
+
+def _groups(value, nodes):
+    groups = _mapping(value, "cluster:groups", "give node groups as a mapping name -> {alloc_policy: ...}")
+    result = {}
+    for name in sorted(set(groups) | {n.group for n in nodes.values()}):
+        path = f"cluster:groups:{name}"
+        settings = _mapping(groups.get(name), path, "give the group's settings as a mapping")
+        result[names.name(name, path)] = names.choice(settings.get("alloc_policy", "preferred"),
+                                                      f"{path}:alloc_policy", ALLOC_POLICIES)
+    return result
+
+
+def _defaults(value):
+    defaults = _mapping(value, "cluster:defaults", "give defaults as a mapping, e.g. {template: file}")
+    for key, val in defaults.items():
+        if key not in DEFAULT_KEYS:
+            raise ValidationError(f"cluster:defaults:{key}", val, f"unknown key; known keys: {', '.join(DEFAULT_KEYS)}")
+        names.choice(val, f"cluster:defaults:{key}", DEFAULT_KEYS[key])
+    return dict(defaults)

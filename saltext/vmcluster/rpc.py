@@ -2,9 +2,20 @@
 
 import salt.client
 
+DEFAULT_TIMEOUT = 60
+
+
+class NodeError(Exception):
+    """A node did not answer, or its function failed; the message says which and why."""
+
+    def __init__(self, node, fun, reason):
+        self.node = node
+        self.fun = fun
+        super().__init__(f"{node}: {fun} failed: {reason}")
+
 
 class NodeRPC:
-    """Run execution functions on named nodes; silent nodes are simply absent from replies."""
+    """Run execution functions on named nodes."""
 
     def __init__(self, master_opts):
         self.client = salt.client.get_local_client(mopts=master_opts)
@@ -14,3 +25,20 @@ class NodeRPC:
         if not nodes:
             return {}
         return self.client.cmd(sorted(nodes), fun, arg=list(args), kwarg=kwargs, tgt_type="list", timeout=timeout)
+
+    def call_one(self, node, fun, *args, rpc_timeout=DEFAULT_TIMEOUT, **kwargs):
+        """The return of ``fun`` on ``node``; raise :class:`NodeError` if it is silent or the call fails."""
+        reply = self.client.cmd(
+            [node], fun, arg=list(args), kwarg=kwargs or None, tgt_type="list", timeout=rpc_timeout, full_return=True
+        ).get(node)
+        if not isinstance(reply, dict):
+            raise NodeError(node, fun, f"no answer within {rpc_timeout}s")
+        if reply.get("retcode", 0) != 0:
+            raise NodeError(node, fun, _error_text(reply.get("ret")))
+        return reply.get("ret")
+
+
+def _error_text(ret):
+    """The last line of an error Salt returned (its messages end with the useful part)."""
+    text = str(ret).strip()
+    return text.splitlines()[-1] if text else "unknown error"

@@ -3,7 +3,8 @@
 import fnmatch
 
 NODE_COLUMNS = ("node", "dtotal", "dfree", "mtotal", "mnode", "mfree", "pinst", "sinst", "state")
-SIZE_COLUMNS = {"dtotal", "dfree", "mtotal", "mnode", "mfree"}
+SIZE_COLUMNS = {"dtotal", "dfree", "mtotal", "mnode", "mfree", "memory", "disk"}
+MIB = 1024 * 1024
 SHARED_TEMPLATES = {"sharedfile"}
 
 
@@ -94,3 +95,27 @@ def format_table(rows, columns=None):
         " ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(line, widths, numeric)).rstrip()
         for line in table
     )
+
+
+def instance_row(record):
+    """One ``gnt-instance list`` row of a store record."""
+    return {
+        "instance": record["name"],
+        "template": record["template"],
+        "primary": record["primary"],
+        "secondary": record.get("secondary") or "-",
+        "state": record["admin_state"],
+        "memory": record["memory"],
+        "vcpus": record["vcpus"],
+        "disk": sum(d["size"] for d in record["disks"]) // MIB,
+    }
+
+
+def job_row(job, owner_alive=None):
+    """One row of the journal; a running job whose owner is gone is ``interrupted``."""
+    done = sum(1 for s in job["steps"] if s["state"] == "done")
+    state = job["state"]
+    if state == "running" and owner_alive is not None and not owner_alive(job):
+        state = "interrupted"
+    return {"job": job["id"], "operation": job["operation"], "target": job["target"], "state": state,
+            "steps": f"{done}/{len(job['steps'])}"}

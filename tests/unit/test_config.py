@@ -47,3 +47,29 @@ def test_the_example_pillar_is_valid():
     cfg = config.load(example)
     assert sorted(cfg.nodes) == ["node1", "node2", "node3"]
     assert cfg.nodes["node3"].group == "rack2"
+
+
+def test_groups_defaults_and_fencing():
+    cfg = config.load({"cluster": {
+        "nodes": {"n1": {"group": "a", "fence": ["fence_ipmilan", "--ip", "192.0.2.1"]}, "n2": None},
+        "groups": {"a": {"alloc_policy": "last_resort"}},
+        "defaults": {"template": "sharedfile"},
+    }})
+    assert cfg.groups == {"a": "last_resort", "default": "preferred"}
+    assert cfg.defaults == {"template": "sharedfile"}
+    assert cfg.nodes["n1"].fence == ("fence_ipmilan", "--ip", "192.0.2.1")
+
+
+@pytest.mark.parametrize(
+    "cluster, path",
+    [
+        ({"nodes": ["n1"], "groups": {"g": {"alloc_policy": "often"}}}, "cluster:groups:g:alloc_policy"),
+        ({"nodes": ["n1"], "defaults": {"template": "nfs"}}, "cluster:defaults:template"),
+        ({"nodes": ["n1"], "defaults": {"os": "x"}}, "cluster:defaults:os"),
+        ({"nodes": {"n1": {"fence": "fence_ipmilan -ip x"}}}, "cluster:nodes:n1:fence"),
+    ],
+)
+def test_more_errors_name_the_key_path(cluster, path):
+    with pytest.raises(ValidationError) as err:
+        config.load({"cluster": cluster})
+    assert err.value.field == path

@@ -45,3 +45,15 @@ def test_live_model_scores_like_hinfo(tmp_path):
     (_metrics, total), err = run_hinfo(path, tmp_path)
     assert not err
     assert abs(ours - total) < 1e-6
+
+
+def test_store_records_and_flags_shape_the_model():
+    cfg = config.load({"cluster": {"nodes": ["node1", "node2", "node3"]}})
+    replies = {n: _reply(6000, {}) for n in ("node1", "node2", "node3")}
+    replies["node2"]["instances"] = {"web1": {"memory": 512, "vcpus": 1, "running": True}}
+    records = {"web1": {"name": "web1", "memory": 512, "vcpus": 1, "admin_state": "up", "template": "drbd",
+                        "primary": "node2", "secondary": "node1", "disks": [{"size": 10 * 1024**3}]}}
+    cluster = cluster_from_live(cfg, replies, records, flags={"node3": {"drained": True}})
+    (web1,) = cluster.instances  # the domain the store knows is not counted twice
+    assert (web1.disk_template, web1.primary, web1.secondary, web1.disk) == ("drbd", "node2", "node1", 10240)
+    assert [n.name for n in cluster.nodes if n.offline] == ["node3"]

@@ -1,0 +1,1 @@
+"""Journaled cluster operations."""

@@ -1,0 +1,180 @@
+"""Journaled operations.
+
+An operation is a job: a list of steps written to the store before anything
+runs and ticked off as each completes, under the locks of every instance and
+node it touches. Steps are idempotent (each checks before it acts), so a job
+cut short by a crash of the master or the runner is finished by running its
+first unfinished step again: ``cluster.resume JOB``. Steps that share a
+``set`` number touch disjoint instances and nodes and run in parallel.
+"""
+
+import itertools
+import os
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from saltext.vmcluster.store import DEFAULT_LOCK_TIMEOUT
+
+STEPS = {}
+MAX_PARALLEL = 8
+
+
+class OpError(Exception):
+    """An operation was refused or failed; the message says why and what to do next."""
+
+
+def step(func):
+    """Register ``func(ctx, **args)`` as a step named after it."""
+    STEPS[func.__name__] = func
+    return func
+
+
+@dataclass
+class Context:
+    """What steps work with: the store, the node RPC, the config and an event sink."""
+
+    store: object
+    rpc: object
+    cfg: object
+    fire: object = None  # fire(tag_suffix, data)
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    extra: dict = field(default_factory=dict)
+
+    def event(self, tag, data):
+        if self.fire:
+            self.fire(tag, data)
+
+
+def new_job(operation, target, steps, locks):
+    """A job record: ``steps`` is a list of ``(name, args)`` or ``(name, args, set)``."""
+    job_id = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+    return {
+        "id": job_id,
+        "operation": operation,
+        "target": target,
+        "locks": sorted(set(locks)),
+        "state": "pending",
+        "created": time.time(),
+        "updated": time.time(),
+        "owner": None,
+        "error": None,
+        "steps": [
+            {"name": s[0], "args": s[1], "set": s[2] if len(s) > 2 else i, "state": "pending",
+             "result": None, "error": None}
+            for i, s in enumerate(steps)
+        ],
+    }
+
+
+def _arg_text(value):
+    if isinstance(value, dict):  # a whole record: its name is what the operator needs
+        return value.get("name", "{...}")
+    return str(value)
+
+
+def describe(entry):
+    """One step as the operator reads it: ``create_disk(index=0, instance=web1, node=node2 ...)``."""
+    return f"{entry['name']}({', '.join(f'{k}={_arg_text(v)}' for k, v in sorted(entry['args'].items()))})"
+
+
+def plan(job):
+    """The job's steps as the operator reads them in a dry run."""
+    return [describe(s) for s in job["steps"]]
+
+
+class _Journal:
+    """Persists a job after every change; steps running in parallel share it."""
+
+    def __init__(self, ctx, job):
+        self.ctx = ctx
+        self.job = job
+        self.lock = threading.Lock()
+
+    def update(self, target, **changes):
+        with self.lock:
+            target.update(changes)
+            self.job["updated"] = time.time()
+            self.ctx.store.put_job(self.job)
+
+
+def _run_step(journal, index):
+    ctx, job = journal.ctx, journal.job
+    entry = job["steps"][index]
+    journal.update(entry, state="running", started=time.time())
+    ctx.event(f"op/{job['operation']}/step", {
+        "job": job["id"], "step": index + 1, "of": len(job["steps"]), "name": entry["name"],
+        "message": f"{job['operation']} {job['target']}: step {index + 1}/{len(job['steps'])} {describe(entry)}",
+    })
+    try:
+        result = STEPS[entry["name"]](ctx, **entry["args"])
+    except Exception as exc:  # pylint: disable=broad-except
+        journal.update(entry, state="failed", error=str(exc))
+        raise
+    journal.update(entry, state="done", result=result, finished=time.time())
+
+
+def _execute(journal):
+    steps = journal.job["steps"]
+    for _set, group in itertools.groupby(range(len(steps)), key=lambda i: steps[i]["set"]):
+        todo = [i for i in group if steps[i]["state"] != "done"]
+        if len(todo) == 1:
+            _run_step(journal, todo[0])
+        elif todo:
+            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(todo))) as pool:
+                failures = [f.exception() for f in [pool.submit(_run_step, journal, i) for i in todo]]
+            failures = [f for f in failures if f]
+            if failures:
+                raise failures[0]
+
+
+def run(ctx, job):
+    """Run (or continue) ``job`` under its locks; return it done, or raise OpError naming the resume command."""
+    journal = _Journal(ctx, job)
+    journal.update(job, state="pending")
+    holder = {"job": job["id"], "operation": job["operation"]}
+    with ctx.store.locked(job["locks"], holder, timeout=ctx.lock_timeout):
+        journal.update(job, state="running", owner={"pid": os.getpid(), "host": os.uname().nodename}, error=None)
+        ctx.event(f"op/{job['operation']}/start", {
+            "job": job["id"], "target": job["target"],
+            "message": f"{job['operation']} {job['target']}: job {job['id']}, {len(job['steps'])} steps",
+        })
+        try:
+            _execute(journal)
+        except Exception as exc:  # pylint: disable=broad-except
+            failed = next(s for s in job["steps"] if s["state"] == "failed")
+            message = (f"{job['operation']} {job['target']} failed at step {failed['name']}: {exc}. "
+                       f"Fix the cause, then: salt-run cluster.resume {job['id']}")
+            journal.update(job, state="failed", error=message)
+            ctx.event(f"op/{job['operation']}/failed", {"job": job["id"], "error": message, "message": message})
+            raise OpError(message) from exc
+        journal.update(job, state="done")
+        ctx.event(f"op/{job['operation']}/done", {
+            "job": job["id"], "message": f"{job['operation']} {job['target']}: done"})
+    return job
+
+
+def owner_alive(job):
+    """True if the process that runs ``job`` is alive (and is not us)."""
+    owner = job.get("owner") or {}
+    if owner.get("host") != os.uname().nodename or not owner.get("pid"):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    return owner["pid"] != os.getpid()
+
+
+def resume(ctx, job_id):
+    """Finish an interrupted or failed job from its first unfinished step."""
+    job = ctx.store.job(job_id)
+    if not job:
+        raise OpError(f"job {job_id!r} not found; list jobs with: salt-run cluster.jobs")
+    if job["state"] == "done":
+        return job
+    if job["state"] == "running" and owner_alive(job):
+        raise OpError(f"job {job_id} is still running in pid {job['owner']['pid']}; wait for it")
+    return run(ctx, job)

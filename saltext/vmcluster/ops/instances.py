@@ -1,0 +1,157 @@
+"""Instance life cycle: add, remove, start, stop, reboot — each a journaled job.
+
+Every function validates all of its input before it builds a job (bad input
+changes nothing), and with ``test=True`` returns the plan without running it.
+"""
+
+import time
+
+from saltext.vmcluster import names
+from saltext.vmcluster.ops import steps  # noqa: F401  pylint: disable=unused-import  (registers the steps)
+from saltext.vmcluster.ops.engine import OpError, new_job, plan, run
+from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
+from saltext.vmcluster.planner.live import cluster_from_live
+
+TEMPLATES = ("file", "sharedfile", "plain", "drbd")
+SINGLE_NODE_TEMPLATES = ("file", "sharedfile", "plain")
+MIB = 1024 * 1024
+
+
+def instance_locks(record):
+    """The locks of an operation on one instance: the instance and its nodes."""
+    nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
+    return [f"instance/{record['name']}"] + [f"node/{n}" for n in nodes]
+
+
+def summary(job):
+    """What the operator sees of a finished job."""
+    return {"job": job["id"], "operation": job["operation"], "target": job["target"], "state": job["state"]}
+
+
+def _execute(ctx, job, test):
+    """The plan (dry run) or the finished job."""
+    if test:
+        return {"job": None, "operation": job["operation"], "target": job["target"], "plan": plan(job)}
+    return summary(run(ctx, job))
+
+
+def live_cluster(ctx):
+    """The planner's model of the cluster now: config, live node data, store records and flags."""
+    replies = ctx.rpc.call(sorted(ctx.cfg.nodes), "cluster_node.resources", timeout=10)
+    flags = {name: ctx.store.node_flags(name) for name in ctx.cfg.nodes}
+    return cluster_from_live(ctx.cfg, replies, ctx.store.instances(), flags)
+
+
+def _parse_nodes(nodes):
+    if nodes is None:
+        return []
+    if isinstance(nodes, str):
+        nodes = nodes.replace(":", ",").split(",")
+    return [names.name(n, "nodes") for n in nodes]
+
+
+def _choose_nodes(ctx, record, nodes):
+    wanted = 2 if record["template"] == "drbd" else 1
+    if nodes:
+        if len(nodes) != wanted:
+            raise OpError(f"nodes: template {record['template']} needs {wanted} node(s) "
+                          f"({'primary:secondary' if wanted == 2 else 'one primary'}), got {nodes}")
+        unknown = [n for n in nodes if n not in ctx.cfg.nodes]
+        if unknown:
+            raise OpError(f"nodes: {unknown} not in the cluster; nodes: {', '.join(sorted(ctx.cfg.nodes))}")
+        return nodes[0], (nodes[1] if wanted == 2 else None)
+    spec = InstanceSpec(mem=record["memory"], disk=sum(d["size"] for d in record["disks"]) // MIB,
+                        vcpus=record["vcpus"], disk_template=record["template"], name=record["name"],
+                        disks=[d["size"] // MIB for d in record["disks"]])
+    result = Allocator(live_cluster(ctx)).allocate(spec)
+    if not result.ok:
+        raise OpError(f"no node can take {record['name']}: {result.info}")
+    return result.placement.primary, result.placement.secondary
+
+
+def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, start=True, tags=(), test=False):
+    """Create an instance: choose nodes (planner) → disks → define → start."""
+    names.name(name, "name")
+    template = names.choice(template or ctx.cfg.defaults.get("template", "file"), "template", TEMPLATES)
+    if template not in SINGLE_NODE_TEMPLATES:
+        raise OpError("template: drbd instances are created by the DRBD path of add, which needs the "
+                      "replicated-storage support of the operations issue; use file, sharedfile or plain")
+    if isinstance(disks, (str, int)):
+        disks = [disks]
+    record = {
+        "name": name,
+        "template": template,
+        "memory": names.size_mib(memory, "memory"),
+        "vcpus": names.positive_int(vcpus, "vcpus"),
+        "disks": [{"size": names.size_bytes(size, f"disks[{i}]")} for i, size in enumerate(disks)],
+        "nics": [],
+        "tags": [names.name(t, "tags") for t in tags],
+        "admin_state": "down",
+        "created": time.time(),
+    }
+    if not record["disks"]:
+        raise OpError("disks: give at least one disk size, e.g. disks=10G")
+    if ctx.store.instance(name):
+        raise OpError(f"name: instance {name} already exists; pick another name or remove it first")
+    primary, secondary = _choose_nodes(ctx, record, _parse_nodes(nodes))
+    record.update(primary=primary, secondary=secondary)
+    job_steps = [("record_instance", {"record": record})]
+    job_steps += [
+        ("create_disk", {"node": primary, "instance": name, "index": i, "size": d["size"], "template": template,
+                         "exact": True})
+        for i, d in enumerate(record["disks"])
+    ]
+    job_steps.append(("define_domain", {"node": primary, "instance": name}))
+    if start:
+        job_steps += [("start_domain", {"node": primary, "instance": name}),
+                      ("update_instance", {"name": name, "admin_state": "up"})]
+    return _execute(ctx, new_job("add", name, job_steps, instance_locks(record)), test)
+
+
+def _record(ctx, name):
+    record = ctx.store.instance(name)
+    if not record:
+        known = ", ".join(sorted(ctx.store.instances())) or "none"
+        raise OpError(f"instance {name!r} is not in the cluster; instances: {known}")
+    return record
+
+
+def remove(ctx, name, test=False):
+    """Power the instance off, remove its domain and disks everywhere, forget it."""
+    record = _record(ctx, name)
+    nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
+    job_steps = [("update_instance", {"name": name, "admin_state": "down"}),
+                 ("stop_domain", {"node": record["primary"], "instance": name, "force": True}),
+                 ("undefine_domain", {"node": record["primary"], "instance": name})]
+    job_steps += [
+        ("remove_disk", {"node": node, "instance": name, "index": i, "template": record["template"]})
+        for node in nodes for i in range(len(record["disks"]))
+    ]
+    job_steps.append(("forget_instance", {"name": name}))
+    return _execute(ctx, new_job("remove", name, job_steps, instance_locks(record)), test)
+
+
+def start(ctx, name, test=False):
+    """Start the instance on its primary and mark it admin-up."""
+    record = _record(ctx, name)
+    job_steps = [("define_domain", {"node": record["primary"], "instance": name}),
+                 ("start_domain", {"node": record["primary"], "instance": name}),
+                 ("update_instance", {"name": name, "admin_state": "up"})]
+    return _execute(ctx, new_job("start", name, job_steps, [f"instance/{name}"]), test)
+
+
+def stop(ctx, name, timeout=60, force=False, test=False):
+    """Mark the instance admin-down (the watcher leaves it alone), then shut it down."""
+    record = _record(ctx, name)
+    job_steps = [("update_instance", {"name": name, "admin_state": "down"}),
+                 ("stop_domain", {"node": record["primary"], "instance": name, "timeout": timeout, "force": force})]
+    return _execute(ctx, new_job("stop", name, job_steps, [f"instance/{name}"]), test)
+
+
+def reboot(ctx, name, timeout=60, test=False):
+    """Restart the instance: shut down (power off after ``timeout``) and start again."""
+    record = _record(ctx, name)
+    job_steps = [("stop_domain", {"node": record["primary"], "instance": name, "timeout": timeout}),
+                 ("start_domain", {"node": record["primary"], "instance": name}),
+                 ("update_instance", {"name": name, "admin_state": "up"})]
+    return _execute(ctx, new_job("reboot", name, job_steps, [f"instance/{name}"]), test)

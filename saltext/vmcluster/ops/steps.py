@@ -1,0 +1,85 @@
+"""The steps operations are made of: each idempotent (checks, then acts) so a resumed job can repeat it."""
+
+from saltext.vmcluster.ops.engine import step
+
+
+@step
+def record_instance(ctx, record):
+    """Write the instance's record to the store (what the cluster has decided)."""
+    ctx.store.put_instance(record)
+
+
+@step
+def update_instance(ctx, name, **fields):
+    """Change fields of the instance's record (admin state, primary, secondary ...)."""
+    record = ctx.store.instance(name)
+    record.update(fields)
+    ctx.store.put_instance(record)
+
+
+@step
+def forget_instance(ctx, name):
+    """Remove the instance's record from the store."""
+    ctx.store.delete_instance(name)
+
+
+@step
+def create_disk(ctx, node, instance, index, size, template, exact=False):
+    """Create disk ``index`` on ``node`` unless it exists; ``exact`` sizes are bytes."""
+    if ctx.rpc.call_one(node, "cluster_disk.exists", instance, index, template):
+        return "exists"
+    return ctx.rpc.call_one(node, "cluster_disk.create", instance, index, f"{size}B" if exact else size, template)
+
+
+@step
+def remove_disk(ctx, node, instance, index, template):
+    """Remove disk ``index`` from ``node`` (nothing to do if it is gone)."""
+    return ctx.rpc.call_one(node, "cluster_disk.remove", instance, index, template)
+
+
+def domain_type(ctx, node):
+    """``kvm`` where the node can use KVM, else ``qemu`` (TCG)."""
+    return "kvm" if ctx.rpc.call_one(node, "grains.get", "cluster_node:kvm_usable") is True else "qemu"
+
+
+@step
+def define_domain(ctx, node, instance):
+    """Define the instance's domain on ``node`` from its record (redefining is harmless)."""
+    record = ctx.store.instance(instance)
+    paths = [
+        ctx.rpc.call_one(node, "cluster_disk.path", instance, index, record["template"])
+        for index in range(len(record["disks"]))
+    ]
+    return ctx.rpc.call_one(
+        node, "cluster_vm.define", instance, f"{record['memory']}M", vcpus=record["vcpus"], disks=paths,
+        nics=record.get("nics", []), type=domain_type(ctx, node),
+    )
+
+
+def domains_on(ctx, node):
+    """``{name: state}`` of the domains defined on ``node``."""
+    return ctx.rpc.call_one(node, "cluster_vm.list_domains")
+
+
+@step
+def start_domain(ctx, node, instance):
+    """Start the instance on ``node`` (nothing to do if it runs)."""
+    return ctx.rpc.call_one(node, "cluster_vm.start", instance)
+
+
+@step
+def stop_domain(ctx, node, instance, timeout=60, force=False):
+    """Stop the instance on ``node``: ACPI shutdown with a timeout, then power off; ``force``: at once."""
+    if domains_on(ctx, node).get(instance, "shutoff") == "shutoff":
+        return "not running"
+    if force:
+        return ctx.rpc.call_one(node, "cluster_vm.destroy", instance)
+    return ctx.rpc.call_one(node, "cluster_vm.shutdown", instance, timeout=timeout, rpc_timeout=timeout + 30)
+
+
+@step
+def undefine_domain(ctx, node, instance):
+    """Remove the instance's (stopped) domain definition from ``node``."""
+    if instance not in domains_on(ctx, node):
+        return "absent"
+    return ctx.rpc.call_one(node, "cluster_vm.undefine", instance)
