@@ -26,6 +26,7 @@ Differences from hbal, all for speed or reach:
 """
 
 import heapq
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -448,8 +449,6 @@ def balance(cluster: Cluster, max_steps: int = -1, min_gain: float = DEFAULT_MIN
     ``max_steps`` < 0 means no limit; ``progress(step, score)`` is called
     after every move.
     """
-    from copy import deepcopy
-
     work = deepcopy(cluster)
     bal = Balancer(work, allow_copy_storage=allow_copy_storage, shortlist=shortlist)
     initial = bal.state.total
@@ -552,3 +551,16 @@ def format_commands(result: BalanceResult) -> str:
         lines.append(f"# job set {n}: {len(jobs)} jobs, run in parallel")
         lines.extend(cmd for move in jobs for cmd in move.commands())
     return "\n".join(lines)
+
+
+def adopt_placement(cluster: Cluster, placed: Cluster) -> Cluster:
+    """A copy of ``cluster`` with its instances moved to their nodes in ``placed``.
+
+    Node resources are re-accounted by :meth:`Cluster.relocate`; used to score
+    hbal's result, whose ``.balanced`` file keeps the nodes' free memory as loaded.
+    """
+    out = deepcopy(cluster)
+    where = {i.name: (i.primary, i.secondary) for i in placed.instances}
+    for inst in out.instances:
+        out.relocate(inst, *where[inst.name])
+    return out
