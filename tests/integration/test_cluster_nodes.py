@@ -53,10 +53,12 @@ def test_a_running_domain_shows_in_its_node_only(lab, runner):
         after = _nodes(runner)
         assert after["node2"]["pinst"] == before["node2"]["pinst"] + 1
         assert after["node1"]["pinst"] == before["node1"]["pinst"]
-        # the domain's 64 MiB are promised to it: free memory for instances drops by at least that
-        assert after["node2"]["mfree"] <= before["node2"]["mfree"] - 64 + 32
         resources = lab.client().cmd("node2", "cluster_node.resources", timeout=30)["node2"]
         assert resources["domains"]["running"] == ["probe1"] and resources["vcpus_used"] == 2
+        # the domain's 64 MiB are promised to it: free = total - node OS - instances
+        memory = resources["memory"]
+        assert memory["instances"] == 64
+        assert memory["free"] == memory["total"] - memory["node"] - 64
     finally:
         dom.destroy()
         dom.undefine()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import libvirt
 
-from saltext.vmcluster.lab import Lab, kvm_usable, leftover_processes
+from saltext.vmcluster.lab import Lab, kvm_usable, leftover_processes, process_alive
 
 BIN = Path(sys.executable).parent
 
@@ -60,5 +60,5 @@ def test_cli_status_and_down_remove_everything(tmp_path):
     subprocess.run([*cli, "down"], check=True, capture_output=True, timeout=60)
     assert not Path(lab_dir).exists()
     assert leftover_processes(lab_dir) == []
-    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     assert subprocess.run([*cli, "status"], capture_output=True).returncode == 1

@@ -51,7 +51,8 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _alive(pid):
+def process_alive(pid):
+    """True if ``pid`` runs (a zombie does not count: it only waits to be reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -114,7 +115,7 @@ class NamespaceNode:
 
     def start(self):
         """Boot the node: its namespaces, libvirtd and salt-minion."""
-        if self.pid and _alive(self.pid):
+        if self.pid and process_alive(self.pid):
             raise LabError(f"node {self.name} already runs (pid {self.pid})")
         argv = [
             "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "--propagation", "private",
@@ -140,24 +141,24 @@ class NamespaceNode:
 
     def kill(self):
         """Crash the node: SIGKILL to its PID 1 takes every process of the namespace with it."""
-        if self.pid and _alive(self.pid):
+        if self.pid and process_alive(self.pid):
             os.kill(self.pid, signal.SIGKILL)
             _wait_gone([self.pid])
 
     def stop(self):
         """Shut the node down cleanly (minion and libvirtd get SIGTERM)."""
-        if self.pid and _alive(self.pid):
+        if self.pid and process_alive(self.pid):
             os.kill(self.pid, signal.SIGTERM)
             if not _wait_gone([self.pid], timeout=10):
                 self.kill()
 
     def running(self):
-        return bool(self.pid) and _alive(self.pid)
+        return bool(self.pid) and process_alive(self.pid)
 
 
 def _wait_gone(pids, timeout=10.0):
     deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in pids):
+    while any(process_alive(pid) for pid in pids):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -283,7 +284,7 @@ class Lab:
         return {
             "dir": str(self.dir),
             "accel": self.accel,
-            "master": {"pid": master, "running": bool(master) and _alive(master)},
+            "master": {"pid": master, "running": bool(master) and process_alive(master)},
             "nodes": {
                 n.name: {"pid": n.pid, "running": n.running(), "libvirt_uri": n.libvirt_uri} for n in self.nodes
             },
@@ -294,12 +295,12 @@ class Lab:
         for node in self.nodes:
             node.kill()  # the lab goes away: no need for the minions' graceful stop
         master = self.state.get("master")
-        pids = [master] if master and _alive(master) else []
+        pids = [master] if master and process_alive(master) else []
         for pid in pids:
             os.kill(pid, signal.SIGTERM)  # the master stops its workers
         if not _wait_gone(pids, timeout=10):
             for pid in pids:
-                if _alive(pid):
+                if process_alive(pid):
                     os.kill(pid, signal.SIGKILL)
         self._kill_leftovers()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -323,7 +324,7 @@ def leftover_processes(lab_dir):
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if marker in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                if marker in (entry / "cmdline").read_bytes() and process_alive(int(entry.name)):
                     found.append(int(entry.name))
             except OSError:
                 continue
