@@ -1,0 +1,101 @@
+"""The journaled engine with steps of its own (the node RPC is not involved)."""
+
+import os
+import threading
+import time
+
+import pytest
+import salt.cache
+
+from saltext.vmcluster.ops import engine
+from saltext.vmcluster.store import Store
+
+CALLS = []
+
+
+@engine.step
+def _t_record(ctx, value):
+    CALLS.append(("record", value))
+    return value * 2
+
+
+@engine.step
+def _t_fail_once(ctx, key):
+    CALLS.append(("fail_once", key))
+    if not ctx.extra.get(key):
+        ctx.extra[key] = True
+        raise RuntimeError("node2: cluster_vm.start failed: boom")
+    return "ok"
+
+
+@engine.step
+def _t_slow(ctx, name):
+    CALLS.append(("slow", name, threading.current_thread().name))
+    time.sleep(0.3)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    CALLS.clear()
+    cache = salt.cache.factory({"cache": "localfs", "cachedir": str(tmp_path / "cache")})
+    events = []
+    return engine.Context(store=Store(cache, tmp_path / "locks"), rpc=None, cfg=None,
+                          fire=lambda tag, data: events.append((tag, data)), extra={"events": events})
+
+
+def test_a_job_is_journaled_and_run_in_order(ctx):
+    job = engine.new_job("add", "web1", [("_t_record", {"value": 1}), ("_t_record", {"value": 2})], ["instance/web1"])
+    assert engine.plan(job) == ["_t_record(value=1)", "_t_record(value=2)"]
+    engine.run(ctx, job)
+    stored = ctx.store.job(job["id"])
+    assert stored["state"] == "done"
+    assert [s["result"] for s in stored["steps"]] == [2, 4]
+    assert CALLS == [("record", 1), ("record", 2)]
+    tags = [tag for tag, _ in ctx.extra["events"]]
+    assert tags == ["op/add/start", "op/add/step", "op/add/step", "op/add/done"]
+
+
+def test_a_failed_job_names_the_resume_command_and_resumes_from_the_failed_step(ctx):
+    job = engine.new_job("start", "web1", [("_t_record", {"value": 1}), ("_t_fail_once", {"key": "k"}),
+                                           ("_t_record", {"value": 3})], ["instance/web1"])
+    with pytest.raises(engine.OpError, match=rf"salt-run cluster.resume {job['id']}") as err:
+        engine.run(ctx, job)
+    assert "at step _t_fail_once: node2: cluster_vm.start failed: boom" in str(err.value)
+    stored = ctx.store.job(job["id"])
+    assert stored["state"] == "failed" and [s["state"] for s in stored["steps"]] == ["done", "failed", "pending"]
+    engine.resume(ctx, job["id"])
+    assert ctx.store.job(job["id"])["state"] == "done"
+    # the done step was not repeated; the failed one was
+    assert CALLS == [("record", 1), ("fail_once", "k"), ("fail_once", "k"), ("record", 3)]
+
+
+def test_resume_of_an_interrupted_job_skips_done_steps(ctx):
+    job = engine.new_job("add", "web1", [("_t_record", {"value": 1}), ("_t_record", {"value": 5})], [])
+    job["state"] = "running"
+    job["owner"] = {"pid": 999999999, "host": "elsewhere"}
+    job["steps"][0]["state"] = "done"
+    ctx.store.put_job(job)
+    engine.resume(ctx, job["id"])
+    assert CALLS == [("record", 5)]
+
+
+def test_resume_refuses_unknown_and_live_jobs(ctx):
+    with pytest.raises(engine.OpError, match="job 'nope' not found; list jobs with: salt-run cluster.jobs"):
+        engine.resume(ctx, "nope")
+    job = engine.new_job("add", "web1", [("_t_record", {"value": 1})], [])
+    job["state"] = "running"
+    job["owner"] = {"pid": os.getppid(), "host": os.uname().nodename}  # a live process that is not us
+    ctx.store.put_job(job)
+    with pytest.raises(engine.OpError, match=f"still running in pid {os.getppid()}"):
+        engine.resume(ctx, job["id"])
+    assert CALLS == []
+
+
+def test_steps_of_one_set_run_in_parallel(ctx):
+    steps = [("_t_slow", {"name": f"vm{i}"}, 0) for i in range(4)] + [("_t_record", {"value": 0}, 1)]
+    job = engine.new_job("evacuate", "node1", steps, [])
+    started = time.monotonic()
+    engine.run(ctx, job)
+    assert time.monotonic() - started < 1.0  # 4 × 0.3 s in sequence would be 1.2 s
+    assert len({c[2] for c in CALLS if c[0] == "slow"}) > 1
+    assert CALLS[-1] == ("record", 0)  # the next set waited for the whole first set
