@@ -22,6 +22,8 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import socket
 import tempfile
 
 import salt.utils.path
@@ -90,9 +92,10 @@ def _disk(instance, index, template):
     return _Disk(template, _location(template), instance, disks.index(index), name)
 
 
-def _qemu_img(argv):
-    if not salt.utils.path.which(disks.QEMU_IMG):
-        raise CommandExecutionError("cluster_disk: qemu-img not found (install qemu-utils)")
+def _qemu_utils(argv):
+    """Run a program of qemu-utils (qemu-img, qemu-nbd); its stdout, or an error with its stderr."""
+    if not salt.utils.path.which(argv[0]):
+        raise CommandExecutionError(f"cluster_disk: {argv[0]} not found (install qemu-utils)")
     result = __salt__["cmd.run_all"](argv, python_shell=False)
     if result["retcode"] != 0:
         raise CommandExecutionError(
@@ -131,7 +134,7 @@ def _find_file(disk):
 
 
 def _file_info(path, fmt):
-    return disks.parse_qemu_img_info(_qemu_img(disks.qemu_img_info(path, fmt)))
+    return disks.parse_qemu_img_info(_qemu_utils(disks.qemu_img_info(path, fmt)))
 
 
 def _directory_free(disk):
@@ -150,7 +153,7 @@ def _create_file(disk, fmt, size):
     handle, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".disk{disk.index}.")
     os.close(handle)
     try:
-        _qemu_img(disks.qemu_img_create(temp, fmt, size))
+        _qemu_utils(disks.qemu_img_create(temp, fmt, size))
         os.link(temp, path)
     except FileExistsError:
         raise CommandExecutionError(f"disk {path} already exists") from None
@@ -441,7 +444,7 @@ def grow(instance, index, template, size):
     if size > old["size"]:
         if disk.template in disks.FILE_TEMPLATES:
             _need_space(disk.location, _directory_free(disk), size - old["size"])
-            _qemu_img(disks.qemu_img_resize(old["path"], old["format"], size))
+            _qemu_utils(disks.qemu_img_resize(old["path"], old["format"], size))
         else:
             _resize_lv(disk, _lv_size_for(disk, size))
     return {"old": old["size"], "new": _info(disk)["size"]}
@@ -465,6 +468,95 @@ def remove(instance, index, template):
     if disk.template == "plain":
         return _remove_lv(disk)
     return _remove_drbd(disk)
+
+
+def _export_pidfile(disk):
+    folder = os.path.join(__opts__["cachedir"], "cluster_disk", "exports")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return os.path.join(folder, f"{disk.name}.pid")
+
+
+def _stop_export(pidfile):
+    """Stop the qemu-nbd that wrote ``pidfile`` if it still serves; True if it did."""
+    try:
+        with open(pidfile, encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    if os.path.basename(argv[0]) != disks.QEMU_NBD.encode() or pidfile.encode() not in argv:
+        return False  # the server is gone and its pid reused
+    os.kill(pid, signal.SIGTERM)
+    return True
+
+
+def _free_port(address):
+    family, kind, _proto, _name, sockaddr = socket.getaddrinfo(address, 0, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind) as sock:
+        sock.bind(sockaddr)
+        return sock.getsockname()[1]
+
+
+def export(instance, index, template, address):
+    """
+    Serve a disk's guest data read-only over NBD on ``address`` (an IP address of
+    this node the target node can reach) for one client: ``import_from`` on the
+    target node. The server exits when that client disconnects; ``unexport``
+    stops it earlier. A disk that a running domain holds cannot be exported.
+
+    Returns ``{"uri": "nbd://<address>:<port>/<disk>", "size": virtual bytes}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 cluster_disk.export web1 0 file 10.0.0.1
+    """
+    disk = _disk(instance, index, template)
+    address = _valid(names.ip_address, address, "address")
+    details = _info(disk)
+    pidfile = _export_pidfile(disk)
+    _stop_export(pidfile)
+    port = _free_port(address)
+    _qemu_utils(disks.qemu_nbd_export(details["path"], details["format"], address, port, disk.name, pidfile))
+    return {"uri": disks.nbd_uri(address, port, disk.name), "size": details["size"]}
+
+
+def unexport(instance, index, template):
+    """
+    Stop serving a disk that ``export`` serves; return True if it was still served.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 cluster_disk.unexport web1 0 file
+    """
+    return _stop_export(_export_pidfile(_disk(instance, index, template)))
+
+
+def import_from(instance, index, template, uri):
+    """
+    Copy the guest data that another node's ``export`` serves at ``uri`` into this
+    node's existing disk (``create`` it first with the same exact size). Copying
+    again overwrites the disk with the same data.
+
+    Returns the disk's :func:`info`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 cluster_disk.import_from web1 0 file nbd://10.0.0.2:10809/web1.disk0
+    """
+    disk = _disk(instance, index, template)
+    _valid(names.uri, uri, "uri")
+    if not uri.startswith("nbd://"):
+        raise SaltInvocationError(f"uri: invalid value {uri!r}: give the nbd:// URI that cluster_disk.export returned")
+    details = _info(disk)
+    _qemu_utils(disks.qemu_img_convert_into(uri, details["path"], details["format"]))
+    return _info(disk)
 
 
 def _listed(template, location, instance):

@@ -170,6 +170,31 @@ def qemu_img_resize(path, fmt, size_bytes):
     return [QEMU_IMG, "resize", "-q", "-f", names.choice(fmt, "fmt", FORMATS), path, str(size_bytes)]
 
 
+QEMU_NBD = "qemu-nbd"
+
+
+def nbd_uri(address, port, export):
+    """``nbd://<address>:<port>/<export>`` (IPv6 addresses in brackets)."""
+    host = f"[{address}]" if ":" in address else address
+    return f"nbd://{host}:{port}/{export}"
+
+
+def qemu_nbd_export(path, fmt, address, port, export, pidfile):
+    """``qemu-nbd`` serving the guest data of one image read-only to one client on ``address:port``.
+
+    ``--fork`` returns once the socket listens; the server exits when its client disconnects.
+    """
+    return [
+        QEMU_NBD, "--read-only", "--fork", "--shared=1", "--pid-file", pidfile, "--bind", address,
+        "--port", str(port), "--format", names.choice(fmt, "fmt", FORMATS), "--export-name", export, path,
+    ]  # fmt: skip
+
+
+def qemu_img_convert_into(source_uri, path, fmt):
+    """``qemu-img convert`` of the raw guest data at ``source_uri`` into the existing image ``path`` (``-n``)."""
+    return [QEMU_IMG, "convert", "-n", "-f", "raw", "-O", names.choice(fmt, "fmt", FORMATS), source_uri, path]
+
+
 def parse_qemu_img_info(text):
     """``{"size": virtual bytes, "format": ..., "allocated": bytes on disk}`` of ``qemu-img info --output=json``."""
     data = json.loads(text)

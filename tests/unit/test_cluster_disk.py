@@ -20,6 +20,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltext.vmcluster.loaders.modules.cluster_disk as cluster_disk
 import saltext.vmcluster.loaders.modules.drbd as drbd_mod
+from saltext.vmcluster import disks
 from saltext.vmcluster.names import GIB, MIB
 
 NODE = os.uname().nodename
@@ -161,7 +162,7 @@ def test_every_function_has_a_cli_example():
         f for n, f in vars(cluster_disk).items()
         if callable(f) and not n.startswith("_") and getattr(f, "__module__", None) == cluster_disk.__name__
     ]
-    assert len(public) == 8
+    assert len(public) == 11
     for func in public:
         assert f"salt node1 cluster_disk.{func.__name__}" in func.__doc__, func.__name__
 
@@ -193,6 +194,28 @@ def test_file_life_cycle(storage, template, fmt):
     assert os.listdir(where) == []
     with pytest.raises(CommandExecutionError, match=f"^disk 0 of web1 \\({template}\\) does not exist$"):
         cluster_disk.info("web1", 0, template)
+
+
+@needs_qemu_img
+def test_export_and_import_copy_the_guest_data(storage, tmp_path, monkeypatch):
+    """qemu-nbd serves a qcow2 disk read-only, qemu-img writes it into a raw disk of the same size."""
+    monkeypatch.setitem(cluster_disk.__opts__, "cachedir", str(tmp_path / "cache"))
+    source = cluster_disk.create("web1", 0, "64M", "file")
+    _sh("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 3M", source["path"])
+    target = cluster_disk.create("web1", 0, disks.exact_size(source["size"]), "sharedfile", fmt="raw")
+    served = cluster_disk.export("web1", 0, "file", "127.0.0.1")
+    assert served["uri"].startswith("nbd://127.0.0.1:") and served["uri"].endswith("/web1.disk0")
+    assert cluster_disk.import_from("web1", 0, "sharedfile", served["uri"])["size"] == 64 * MIB
+    _sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", source["path"], target["path"])
+    assert cluster_disk.unexport("web1", 0, "file") is False  # the server left with its client
+    again = cluster_disk.export("web1", 0, "file", "127.0.0.1")
+    assert cluster_disk.unexport("web1", 0, "file") is True
+    with pytest.raises(CommandExecutionError, match="qemu-img convert"):
+        cluster_disk.import_from("web1", 0, "sharedfile", again["uri"])
+    with pytest.raises(SaltInvocationError, match="^uri: invalid value 'tcp://x'"):
+        cluster_disk.import_from("web1", 0, "sharedfile", "tcp://x")
+    with pytest.raises(SaltInvocationError, match="address"):
+        cluster_disk.export("web1", 0, "file", "not an address")
 
 
 @needs_qemu_img

@@ -123,3 +123,16 @@ def test_parse_real_qemu_img_info(tmp_path, fmt):
     out = subprocess.run(disks.qemu_img_info(path, fmt), check=True, capture_output=True, text=True).stdout
     parsed = disks.parse_qemu_img_info(out)
     assert parsed["size"] == GIB + 512 and parsed["format"] == fmt and parsed["allocated"] > 0
+
+
+def test_nbd_copy_argument_lists():
+    assert disks.nbd_uri("10.0.0.1", 10809, "web1.disk0") == "nbd://10.0.0.1:10809/web1.disk0"
+    assert disks.nbd_uri("fd00::1", 10809, "web1.disk0") == "nbd://[fd00::1]:10809/web1.disk0"
+    served = disks.qemu_nbd_export("/d/disk0.qcow2", "qcow2", "10.0.0.1", 10809, "web1.disk0", "/run/x.pid")
+    assert served[0] == "qemu-nbd" and "--read-only" in served and served[-1] == "/d/disk0.qcow2"
+    assert served[served.index("--bind") + 1] == "10.0.0.1" and served[served.index("--port") + 1] == "10809"
+    assert disks.qemu_img_convert_into("nbd://h:1/e", "/d/x", "raw") == [
+        "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", "nbd://h:1/e", "/d/x"
+    ]
+    with pytest.raises(ValidationError, match="^fmt: "):
+        disks.qemu_nbd_export("/d/x", "vmdk", "10.0.0.1", 1, "e", "/p")
