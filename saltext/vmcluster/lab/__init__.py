@@ -95,7 +95,7 @@ class NamespaceNode:
     @property
     def libvirt_uri(self):
         """URI to reach this node's libvirtd from outside the node."""
-        return f"qemu:///system?socket={self.dir / 'libvirt' / 'run' / 'libvirt-sock'}"
+        return config.libvirt_uri(self.dir)
 
     @property
     def storage(self):

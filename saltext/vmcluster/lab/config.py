@@ -32,8 +32,19 @@ def master_config(lab_dir, publish_port, ret_port, states_dir):
     }
 
 
+def libvirt_uri(node_dir):
+    """URI of a node's libvirtd, reachable from the host and from inside every other node."""
+    return f"qemu:///system?socket={node_dir / 'libvirt' / 'run' / 'libvirt-sock'}"
+
+
 def minion_config(lab_dir, node_dir, name, ret_port, storage):
-    """The salt-minion config of one node; ``storage`` maps template -> path or VG."""
+    """The salt-minion config of one node; ``storage`` maps template -> path or VG.
+
+    ``vmcluster:migration`` tells the other nodes how to reach this node's
+    libvirtd and QEMU: the nodes share the host's network namespace, where
+    libvirt refuses loopback as its own migration host, so data goes to
+    ``tcp://127.0.0.1`` explicitly (see LAB.md).
+    """
     return {
         "id": name,
         "user": "root",
@@ -48,7 +59,7 @@ def minion_config(lab_dir, node_dir, name, ret_port, storage):
         "acceptance_wait_time": 0.5,
         "random_reauth_delay": 0,
         "auth_safemode": False,
-        "vmcluster": {"storage": storage},
+        "vmcluster": {"storage": storage, "migration": {"uri": libvirt_uri(node_dir), "address": "127.0.0.1"}},
         # /etc is the host's in every node: each node keeps its DRBD resource files apart
         "drbd.config_dir": str(node_dir / "drbd.d"),
     }
