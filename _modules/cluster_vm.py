@@ -26,7 +26,7 @@ MISSING = None
 try:
     import libvirt
 
-    from saltext.vmcluster import domxml, hypervisor, names
+    from saltext.vmcluster import disks, domxml, hypervisor, names
     from saltext.vmcluster.loader_helpers import valid as _valid
 except ImportError as exc:
     MISSING = exc.name
@@ -384,6 +384,37 @@ def disk_info(name):
             disk.pop("cache")
             disk["virtual_size"] = dom.blockInfo(disk["target"])[0]
         return disks
+
+
+def block_resize(name, disk, size):
+    """
+    Grow disk ``disk`` (target such as ``vda``, or its path) of running domain ``name`` to
+    ``size`` (``20G``, or exact bytes ``21474836480B``) through libvirt: QEMU grows the image
+    it holds open and the guest sees the new size. Never shrinks; a disk that already has
+    ``size`` stays as it is. A stopped domain's disks grow with ``cluster_disk.grow``.
+
+    Returns ``{"old": bytes, "new": bytes}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 cluster_vm.block_resize web1 vda 20G
+    """
+    amount = _valid(disks.size, size)
+    with _domain(name) as (_conn, dom):
+        if not dom.isActive():
+            raise CommandExecutionError(
+                f"domain {name!r} is not running; grow its disk with cluster_disk.grow"
+            )
+        old = dom.blockInfo(disk)[0]
+        if amount < old:
+            raise SaltInvocationError(
+                f"size: {amount} bytes is smaller than disk {disk} ({old} bytes); vmcluster never shrinks disks"
+            )
+        if amount > old:
+            dom.blockResize(disk, amount, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        return {"old": old, "new": dom.blockInfo(disk)[0]}
 
 
 def _hooks(hooks, field):
