@@ -11,6 +11,8 @@ try:
     from saltext.vmcluster import config, views
     from saltext.vmcluster.names import ValidationError
     from saltext.vmcluster.ops import engine
+    from saltext.vmcluster.ops import changes as change_ops
+    from saltext.vmcluster.ops import health as health_ops
     from saltext.vmcluster.ops import instances as instance_ops
     from saltext.vmcluster.rpc import NodeError, NodeRPC
     from saltext.vmcluster.store import LockTimeout, Store
@@ -245,3 +247,99 @@ def resume(job):
         salt-run cluster.resume 20261121063000-a1b2c3
     """
     return _operate(lambda ctx: instance_ops.summary(engine.resume(ctx, job)))
+
+
+def node_modify(node, offline=None, drained=None, online=None, force=False, test=False):
+    """
+    Set a node's flags, like ``gnt-node modify -O/-D``: ``offline=True`` (the
+    cluster leaves it alone; refused while it still runs instances unless
+    ``force=True``: evacuate it first), ``drained=True`` (no new instances), or
+    ``online=True`` (clears both). Neither offline nor drained nodes are ever
+    chosen for new instances.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.node_modify node3 drained=True
+        salt-run cluster.node_modify node3 offline=True
+        salt-run cluster.node_modify node3 online=True
+        salt-run cluster.node_modify node3 offline=True test=True
+    """
+    return _operate(change_ops.node_modify, node, offline=offline, drained=drained, online=online, force=force,
+                    test=test)
+
+
+def verify():
+    """
+    Compare pillar, store and nodes, like ``gnt-cluster verify``: nodes down,
+    missing domains (admin-up but not running on the primary), stale and
+    unknown domains, orphan disks, DRBD not connected or not in sync (skipped
+    where the kernel has no DRBD module), N+1 failures, pending memory/vCPU
+    changes. Every finding has a severity and the command that fixes it; exit
+    code 1 when there are errors.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.verify
+        salt-run cluster.verify --out=json
+    """
+    rows = _operate(health_ops.verify)
+    if isinstance(rows, dict):  # the operator's error
+        return rows
+    if any(row["severity"] == "error" for row in rows):
+        __context__["retcode"] = 1
+    return {"outputter": "cluster_table", "data": rows}
+
+
+def watcher(lock_timeout=1, test=False):
+    """
+    Repair what is safe, like ``ganeti-watcher``: restart admin-up instances
+    that do not run on their primary (journaled), undefine stopped stale copies,
+    reconnect StandAlone DRBD resources. Never starts an instance its operator
+    stopped, never acts for an instance whose primary is down or offline
+    (that is failover's job), and reports "busy" for instances a running job
+    holds longer than ``lock_timeout`` seconds. ``test=True`` prints the plan.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.watcher
+        salt-run cluster.watcher test=True
+    """
+    rows = _operate(health_ops.watcher, lock_timeout=float(lock_timeout), test=test)
+    return rows if isinstance(rows, dict) else {"outputter": "cluster_table", "data": rows}
+
+
+def modify(name, memory=None, vcpus=None, test=False):
+    """
+    Change an instance's memory and/or vCPUs (record and domain definition),
+    checked first against its nodes' free memory and N+1. A running instance
+    gets the new values at its next start (``cluster.reboot``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.modify web1 memory=2G
+        salt-run cluster.modify web1 memory=1G vcpus=2 test=True
+    """
+    return _operate(change_ops.modify, name, memory=memory, vcpus=vcpus, test=test)
+
+
+def grow_disk(name, disk, amount=None, size=None, test=False):
+    """
+    Grow disk number ``disk`` of an instance by ``amount`` or to ``size``
+    (never shrinks), also while it runs; drbd disks grow on both nodes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.grow_disk web1 0 amount=10G
+        salt-run cluster.grow_disk web1 1 size=100G test=True
+    """
+    return _operate(change_ops.grow_disk, name, disk, amount=amount, size=size, test=test)
