@@ -87,12 +87,15 @@ def run_hbal(path: Path, prefix: Path, timeout: float):
             return None, moves + done, time.perf_counter() - start
         moves += len(MOVE_LINE.findall(out.stdout))
         balanced = Path(f"{out_prefix}.balanced")
-        if balanced.exists():
+        if balanced.exists() and balanced.stat().st_size:  # empty when hbal aborts
             current = balanced
     seconds = time.perf_counter() - start
     # hbal's file keeps the loaded free memory: score its placement re-accounted
     replayed = Path(f"{prefix}.replayed")
-    htools.dump(adopt_placement(htools.load(path), htools.load(current)), replayed)
+    try:
+        htools.dump(adopt_placement(htools.load(path), htools.load(current)), replayed)
+    except KeyError:  # hbal saved other instance names: score its file as is
+        replayed = current
     return hinfo_score(replayed), moves, seconds
 
 
