@@ -14,8 +14,9 @@ try:
     from saltext.vmcluster.ops import changes as change_ops
     from saltext.vmcluster.ops import health as health_ops
     from saltext.vmcluster.ops import instances as instance_ops
+    from saltext.vmcluster.ops import moves as move_ops
     from saltext.vmcluster.rpc import NodeError, NodeRPC
-    from saltext.vmcluster.store import LockTimeout, Store
+    from saltext.vmcluster.store import DEFAULT_LOCK_TIMEOUT, LockTimeout, Store
 
     IMPORT_ERROR = None
 except ImportError as exc:
@@ -59,7 +60,8 @@ def _fire(tag, data):
 
 
 def _context():
-    return engine.Context(store=Store.from_opts(__opts__), rpc=NodeRPC(__opts__), cfg=_config(), fire=_fire)
+    return engine.Context(store=Store.from_opts(__opts__), rpc=NodeRPC(__opts__), cfg=_config(), fire=_fire,
+                          lock_timeout=float(__opts__.get("vmcluster_lock_timeout", DEFAULT_LOCK_TIMEOUT)))
 
 
 def _operate(func, *args, **kwargs):
@@ -343,3 +345,72 @@ def grow_disk(name, disk, amount=None, size=None, test=False):
         salt-run cluster.grow_disk web1 1 size=100G test=True
     """
     return _operate(change_ops.grow_disk, name, disk, amount=amount, size=size, test=test)
+
+
+def _each(func, match, **kwargs):
+    """Run ``func`` on every instance ``match`` names (names, comma lists, wildcards), one job each."""
+    if not any(char in str(match) for char in "*?[,"):
+        return _operate(func, match, **kwargs)
+    chosen = views.match_names(Store.from_opts(__opts__).instances(), match)
+    if not chosen:
+        return _fail(f"no instance matches {match!r}; list them with: salt-run cluster.instances")
+    return {name: _operate(func, name, **kwargs) for name in chosen}
+
+
+def migrate(name, target=None, test=False):
+    """
+    Live-migrate running instances (names, comma lists, wildcards; one job each)
+    to ``target`` — by default the planner's best other node, for drbd the
+    secondary. ``file``/``plain`` disks are copied to disks of exactly the same
+    size on the target and removed from the source; ``sharedfile`` disks stay;
+    drbd goes through dual-primary. The instance keeps running throughout.
+    ``test=True`` prints the plan and changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.migrate web1
+        salt-run cluster.migrate web1 target=node3
+        salt-run cluster.migrate 'web*' test=True
+    """
+    return _each(move_ops.migrate, name, target=target, test=test)
+
+
+def failover(name, target=None, ignore_consistency=False, shutdown_timeout=60, test=False):
+    """
+    Fail instances over (cold): stop them on their primary (power off after
+    ``shutdown_timeout`` seconds), then start them on the secondary (drbd) or on
+    ``target`` (sharedfile; default: the planner's best other node). A primary
+    that does not answer may still run the instance: the failover is refused
+    until you have made sure that node is down and say so with
+    ``ignore_consistency=True``. ``file``/``plain`` instances cannot fail over
+    (their data is on the primary): use ``cluster.move``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.failover db1
+        salt-run cluster.failover db1 target=node3 shutdown_timeout=0
+        salt-run cluster.failover 'db*' ignore_consistency=True   # after powering the dead node off
+    """
+    return _each(move_ops.failover, name, target=target, ignore_consistency=ignore_consistency,
+                 shutdown_timeout=shutdown_timeout, test=test)
+
+
+def move(name, target=None, shutdown_timeout=60, test=False):
+    """
+    Move ``file``/``plain`` instances to ``target`` (default: the planner's best
+    other node) by copying their disks while they are stopped (shut down, power
+    off after ``shutdown_timeout`` seconds); an instance that was up is started
+    again on the target. Use ``cluster.migrate`` to move one without stopping it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.move web1 target=node2
+        salt-run cluster.move 'web*' target=node3 test=True
+    """
+    return _each(move_ops.move, name, target=target, shutdown_timeout=shutdown_timeout, test=test)

@@ -16,6 +16,14 @@ NODE_KEYS = {
 }
 DEFAULT_KEYS = {"template": ("file", "sharedfile", "plain", "drbd")}
 ALLOC_POLICIES = ("preferred", "last_resort", "unallocable")
+# Ganeti's built-in instance policy (sizes in MiB).
+DEFAULT_IPOLICY = {
+    "min": {"memory": 128, "vcpus": 1, "disk": 1024},
+    "max": {"memory": 32768, "vcpus": 8, "disk": 1024 * 1024},
+    "std": {"memory": 128, "vcpus": 1, "disk": 1024},
+    "vcpu_ratio": 4.0,
+}
+SPEC_FIELDS = ("memory", "vcpus", "disk")
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,16 @@ class ClusterConfig:
     nodes: dict = field(default_factory=dict)  # name -> NodeConfig
     groups: dict = field(default_factory=dict)  # name -> alloc policy
     defaults: dict = field(default_factory=dict)  # key -> value (see DEFAULT_KEYS)
+    ipolicy: dict = field(default_factory=lambda: DEFAULT_IPOLICY)  # min/max/std specs (MiB), vcpu_ratio
+
+    def policy_violation(self, memory, vcpus, disk):
+        """Why an instance of this size breaks the instance policy (None if it does not)."""
+        for name, value in (("memory", memory), ("vcpus", vcpus), ("disk", disk)):
+            low, high = self.ipolicy["min"][name], self.ipolicy["max"][name]
+            if not low <= value <= high:
+                return (f"{name}: {value} is outside the instance policy ({low} to {high}{'' if name == 'vcpus' else ' MiB'}); "
+                        f"change the {name} or cluster:ipolicy")
+        return None
 
 
 def _mapping(value, path, fix):
@@ -79,7 +97,28 @@ def load(pillar):
     name = names.name(cluster.get("name", "cluster"), "cluster:name")
     nodes = _nodes(cluster["nodes"])
     return ClusterConfig(name=name, nodes=nodes, groups=_groups(cluster.get("groups"), nodes),
-                         defaults=_defaults(cluster.get("defaults")))
+                         defaults=_defaults(cluster.get("defaults")), ipolicy=_ipolicy(cluster.get("ipolicy")))
+
+
+def _ipolicy(value):
+    given = _mapping(value, "cluster:ipolicy", "give min/max/std specs and vcpu_ratio as a mapping")
+    unknown = sorted(set(given) - set(DEFAULT_IPOLICY))
+    if unknown:
+        raise ValidationError(f"cluster:ipolicy:{unknown[0]}", given[unknown[0]], "known keys: min, max, std, vcpu_ratio")
+    policy = {"vcpu_ratio": float(names.positive_int(given.get("vcpu_ratio", 4), "cluster:ipolicy:vcpu_ratio"))}
+    for spec in ("min", "max", "std"):
+        path = f"cluster:ipolicy:{spec}"
+        fields = _mapping(given.get(spec), path, "give memory, vcpus and disk")
+        policy[spec] = dict(DEFAULT_IPOLICY[spec])
+        for key, val in fields.items():
+            if key not in SPEC_FIELDS:
+                raise ValidationError(f"{path}:{key}", val, f"known keys: {', '.join(SPEC_FIELDS)}")
+            policy[spec][key] = (names.positive_int(val, f"{path}:{key}") if key == "vcpus"
+                                 else names.size_mib(val, f"{path}:{key}"))
+    for key in SPEC_FIELDS:
+        if not policy["min"][key] <= policy["std"][key] <= policy["max"][key]:
+            raise ValidationError(f"cluster:ipolicy:std:{key}", policy["std"][key], "keep min <= std <= max")
+    return policy
 
 
 def _groups(value, nodes):

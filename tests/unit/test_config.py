@@ -73,3 +73,30 @@ def test_more_errors_name_the_key_path(cluster, path):
     with pytest.raises(ValidationError) as err:
         config.load({"cluster": cluster})
     assert err.value.field == path
+
+
+def test_instance_policy_defaults_to_ganetis_and_can_be_changed():
+    default = config.load({"cluster": {"nodes": ["n1"]}})
+    assert default.ipolicy["min"] == {"memory": 128, "vcpus": 1, "disk": 1024}
+    assert "memory: 64 is outside the instance policy (128 to 32768 MiB)" in default.policy_violation(64, 1, 2048)
+    assert default.policy_violation(512, 2, 2048) is None
+    lab = config.load({"cluster": {"nodes": ["n1"], "ipolicy": {"min": {"memory": "32M", "disk": "16M"},
+                                                                  "max": {"vcpus": 4}, "vcpu_ratio": 2}}})
+    assert lab.policy_violation(64, 1, 256) is None
+    assert lab.policy_violation(64, 6, 256).startswith("vcpus: 6 is outside")
+    assert lab.ipolicy["vcpu_ratio"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "ipolicy, path",
+    [
+        ({"min": {"memory": "x"}}, "cluster:ipolicy:min:memory"),
+        ({"min": {"cpus": 1}}, "cluster:ipolicy:min:cpus"),
+        ({"minimum": {}}, "cluster:ipolicy:minimum"),
+        ({"std": {"memory": "64G"}}, "cluster:ipolicy:std:memory"),
+    ],
+)
+def test_instance_policy_errors_name_the_key_path(ipolicy, path):
+    with pytest.raises(ValidationError) as err:
+        config.load({"cluster": {"nodes": ["n1"], "ipolicy": ipolicy}})
+    assert err.value.field == path

@@ -243,13 +243,17 @@ class Lab:
 
         return salt.client.LocalClient(c_path=str(self.dir / "master"))
 
-    def runner(self):
-        """A RunnerClient of this lab's master."""
+    def master_opts(self):
+        """This lab's salt-master configuration."""
         import salt.config  # pylint: disable=import-outside-toplevel
+
+        return salt.config.master_config(str(self.dir / "master"))
+
+    def runner(self, **overrides):
+        """A RunnerClient of this lab's master (``overrides``: master options to change)."""
         import salt.runner  # pylint: disable=import-outside-toplevel
 
-        opts = salt.config.master_config(str(self.dir / "master"))
-        return salt.runner.RunnerClient(opts)
+        return salt.runner.RunnerClient({**self.master_opts(), **overrides})
 
     def wait_ready(self, names, timeout=60):
         """Wait until every named minion answers test.ping."""

@@ -117,8 +117,12 @@ def render_yaml(data):
 
 
 def cluster_pillar(node_names):
-    """The ``cluster:`` pillar declaring the lab's nodes."""
-    return {"cluster": {"name": "lab", "nodes": {name: {} for name in node_names}}}
+    """The ``cluster:`` pillar declaring the lab's nodes; its policy admits the lab's tiny VMs."""
+    return {"cluster": {
+        "name": "lab",
+        "nodes": {name: {} for name in node_names},
+        "ipolicy": {"min": {"memory": "32M", "disk": "16M"}, "std": {"memory": "64M", "disk": "256M"}},
+    }}
 
 
 PILLAR_TOP = {"base": {"*": ["cluster"]}}

@@ -91,6 +91,10 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
     }
     if not record["disks"]:
         raise OpError("disks: give at least one disk size, e.g. disks=10G")
+    violation = ctx.cfg.policy_violation(record["memory"], record["vcpus"],
+                                         sum(d["size"] for d in record["disks"]) // MIB)
+    if violation:
+        raise OpError(violation)
     if ctx.store.instance(name):
         raise OpError(f"name: instance {name} already exists; pick another name or remove it first")
     primary, secondary = _choose_nodes(ctx, record, _parse_nodes(nodes))

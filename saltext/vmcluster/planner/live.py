@@ -8,7 +8,7 @@ data it knows nothing about.
 """
 
 from saltext.vmcluster import views
-from saltext.vmcluster.planner.model import Cluster, Group, Instance, Node, default_ipolicy
+from saltext.vmcluster.planner.model import Cluster, Group, Instance, IPolicy, ISpec, Node, default_ipolicy
 
 UNKNOWN_TEMPLATE = "file"
 
@@ -58,4 +58,21 @@ def cluster_from_live(cfg, replies, records=None, flags=None):
     nodes = [_node(name, cfg.nodes[name].group, replies.get(name), flags.get(name, {})) for name in sorted(cfg.nodes)]
     instances = [instance_from_record(records[name]) for name in sorted(records)]
     instances += [inst for name in sorted(cfg.nodes) for inst in _unknown_domains(name, replies.get(name), records)]
-    return Cluster(groups=groups, nodes=nodes, instances=instances, ipolicies={"": default_ipolicy()})
+    policy = ipolicy(cfg.ipolicy)  # Ganeti checks a group's own policy: every group gets the pillar's
+    return Cluster(groups=groups, nodes=nodes, instances=instances,
+                   ipolicies={"": policy, **{group.name: policy for group in groups}})
+
+
+def ipolicy(policy):
+    """The planner's IPolicy of the pillar's ``cluster:ipolicy`` (counts Ganeti leaves implicit as its defaults)."""
+    base = default_ipolicy()
+    low, high = base.min_max_specs[0]
+
+    def spec(values, like):
+        return ISpec(values["memory"], values["vcpus"], values["disk"], like.disk_count, like.nic_count,
+                     like.spindle_use)
+
+    return IPolicy(std_spec=spec(policy["std"], base.std_spec),
+                   min_max_specs=[(spec(policy["min"], low), spec(policy["max"], high))],
+                   disk_templates=base.disk_templates, vcpu_ratio=policy["vcpu_ratio"],
+                   spindle_ratio=base.spindle_ratio)

@@ -57,3 +57,15 @@ def test_store_records_and_flags_shape_the_model():
     (web1,) = cluster.instances  # the domain the store knows is not counted twice
     assert (web1.disk_template, web1.primary, web1.secondary, web1.disk) == ("drbd", "node2", "node1", 10240)
     assert [n.name for n in cluster.nodes if n.offline] == ["node3"]
+
+
+def test_the_pillar_policy_governs_allocation():
+    from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
+
+    small = InstanceSpec(mem=64, disk=256, vcpus=1, disk_template="file", name="tiny", disks=[256])
+    replies = {n: _reply(6000, {}) for n in ("node1", "node2")}
+    ganeti_default = config.load({"cluster": {"nodes": ["node1", "node2"]}})
+    assert not Allocator(cluster_from_live(ganeti_default, replies)).allocate(small).ok  # min memory 128
+    lab = config.load({"cluster": {"nodes": ["node1", "node2"],
+                                   "ipolicy": {"min": {"memory": "32M", "disk": "16M"}}}})
+    assert Allocator(cluster_from_live(lab, replies)).allocate(small).ok
