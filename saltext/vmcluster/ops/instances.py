@@ -4,8 +4,10 @@ Every function validates all of its input before it builds a job (bad input
 changes nothing), and with ``test=True`` returns the plan without running it.
 """
 
+import secrets
 import time
 
+from saltext.vmcluster import disks as disk_names
 from saltext.vmcluster import names
 from saltext.vmcluster.ops import steps  # noqa: F401  pylint: disable=unused-import  (registers the steps)
 from saltext.vmcluster.ops.engine import OpError, new_job, plan, run
@@ -13,8 +15,9 @@ from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
 from saltext.vmcluster.planner.live import cluster_from_live
 
 TEMPLATES = ("file", "sharedfile", "plain", "drbd")
-SINGLE_NODE_TEMPLATES = ("file", "sharedfile", "plain")
 MIB = 1024 * 1024
+DRBD_PORT_BASE = 11000
+DRBD_SYNC_TIMEOUT = 3600
 
 
 def instance_locks(record):
@@ -73,9 +76,6 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
     """Create an instance: choose nodes (planner) → disks → define → start."""
     names.name(name, "name")
     template = names.choice(template or ctx.cfg.defaults.get("template", "file"), "template", TEMPLATES)
-    if template not in SINGLE_NODE_TEMPLATES:
-        raise OpError("template: drbd instances are created by the DRBD path of add, which needs the "
-                      "replicated-storage support of the operations issue; use file, sharedfile or plain")
     if isinstance(disks, (str, int)):
         disks = [disks]
     record = {
@@ -99,17 +99,61 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
         raise OpError(f"name: instance {name} already exists; pick another name or remove it first")
     primary, secondary = _choose_nodes(ctx, record, _parse_nodes(nodes))
     record.update(primary=primary, secondary=secondary)
-    job_steps = [("record_instance", {"record": record})]
-    job_steps += [
-        ("create_disk", {"node": primary, "instance": name, "index": i, "size": d["size"], "template": template,
-                         "exact": True})
-        for i, d in enumerate(record["disks"])
-    ]
+    if template == "drbd":
+        _add_drbd_resources(ctx, record)
+    job_steps = [("record_instance", {"record": record})] + _disk_steps(record)
     job_steps.append(("define_domain", {"node": primary, "instance": name}))
     if start:
         job_steps += [("start_domain", {"node": primary, "instance": name}),
                       ("update_instance", {"name": name, "admin_state": "up"})]
     return _execute(ctx, new_job("add", name, job_steps, instance_locks(record)), test)
+
+
+def _replication_address(ctx, node):
+    address = ctx.cfg.nodes[node].replication_address
+    if not address:
+        raise OpError(f"cluster:nodes:{node}:replication_address: drbd needs the node's replication address; "
+                      "declare it in pillar")
+    return address
+
+
+def _add_drbd_resources(ctx, record):
+    """Give each disk its DRBD resource: a minor free on both nodes, a free port and a secret."""
+    pair = (record["primary"], record["secondary"])
+    addresses = [_replication_address(ctx, node) for node in pair]
+    used_minors, used_ports = set(), set()
+    for other in ctx.store.instances().values():
+        for disk in other["disks"]:
+            if "drbd" in disk:
+                used_ports.add(disk["drbd"]["port"])
+                if {other["primary"], other.get("secondary")} & set(pair):
+                    used_minors.add(disk["drbd"]["minor"])
+    for index, disk in enumerate(record["disks"]):
+        disk_names.disk_name(record["name"], index, "drbd")  # the resource name must be valid
+        minor = min(set(range(len(used_minors) + 1)) - used_minors)
+        port = min(set(range(DRBD_PORT_BASE, DRBD_PORT_BASE + len(used_ports) + 1)) - used_ports)
+        used_minors.add(minor)
+        used_ports.add(port)
+        disk["drbd"] = {"nodes": [{"name": n, "address": a} for n, a in zip(pair, addresses)],
+                        "port": port, "minor": minor, "secret": secrets.token_hex(16)}
+
+
+def _disk_steps(record):
+    """Create every disk; drbd: on both nodes (in parallel), promote the primary, wait for the sync."""
+    name, template = record["name"], record["template"]
+    nodes = [record["primary"]] + ([record["secondary"]] if template == "drbd" else [])
+    result = []
+    for index, disk in enumerate(record["disks"]):
+        args = {"instance": name, "index": index, "size": disk["size"], "template": template, "exact": True}
+        if "drbd" in disk:
+            args["drbd"] = disk["drbd"]
+        result += [("create_disk", {"node": node, **args}, f"disk{index}") for node in nodes]
+        if template == "drbd":
+            resource = disk_names.disk_name(name, index, "drbd")
+            result += [("drbd_initial_primary", {"node": record["primary"], "resource": resource}),
+                       ("drbd_wait_sync", {"node": record["primary"], "resource": resource,
+                                           "timeout": DRBD_SYNC_TIMEOUT})]
+    return result
 
 
 def _record(ctx, name):

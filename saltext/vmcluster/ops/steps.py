@@ -24,11 +24,33 @@ def forget_instance(ctx, name):
 
 
 @step
-def create_disk(ctx, node, instance, index, size, template, exact=False):
-    """Create disk ``index`` on ``node`` unless it exists; ``exact`` sizes are bytes."""
+def create_disk(ctx, node, instance, index, size, template, exact=False, drbd=None):
+    """Create disk ``index`` on ``node`` unless it exists; ``exact`` sizes are bytes; ``drbd``: the
+    resource (nodes, port, minor, secret) for the drbd template."""
     if ctx.rpc.call_one(node, "cluster_disk.exists", instance, index, template):
         return "exists"
-    return ctx.rpc.call_one(node, "cluster_disk.create", instance, index, f"{size}B" if exact else size, template)
+    return ctx.rpc.call_one(node, "cluster_disk.create", instance, index, f"{size}B" if exact else size, template,
+                            **(drbd or {}))
+
+
+@step
+def drbd_initial_primary(ctx, node, resource):
+    """Make ``node`` Primary of a new resource whose data nobody has yet (the one forced promotion)."""
+    state = ctx.rpc.call_one(node, "drbd.status", resource).get(resource, {})
+    if state.get("role") == "Primary":
+        return "already primary"
+    if any(v.get("disk") == "UpToDate" for v in state.get("volumes", [])):
+        return ctx.rpc.call_one(node, "drbd.primary", resource)
+    return ctx.rpc.call_one(node, "drbd.primary", resource, force=True)
+
+
+@step
+def drbd_wait_sync(ctx, node, resource, timeout=3600):
+    """Wait for the resource to be UpToDate on both nodes (fails after ``timeout`` seconds)."""
+    result = ctx.rpc.call_one(node, "drbd.wait_sync", resource, timeout=timeout, rpc_timeout=timeout + 60)
+    if not result.get("synced"):
+        raise RuntimeError(f"{resource} not in sync after {timeout}s ({result.get('done')}% done)")
+    return result
 
 
 @step
