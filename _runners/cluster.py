@@ -15,6 +15,7 @@ try:
     from saltext.vmcluster.ops import health as health_ops
     from saltext.vmcluster.ops import instances as instance_ops
     from saltext.vmcluster.ops import moves as move_ops
+    from saltext.vmcluster.ops import planned as planned_ops
     from saltext.vmcluster.rpc import NodeError, NodeRPC
     from saltext.vmcluster.store import DEFAULT_LOCK_TIMEOUT, LockTimeout, Store
 
@@ -414,3 +415,107 @@ def move(name, target=None, shutdown_timeout=60, test=False):
         salt-run cluster.move 'web*' target=node3 test=True
     """
     return _each(move_ops.move, name, target=target, shutdown_timeout=shutdown_timeout, test=test)
+
+def balance(file=None, max_steps=-1, min_gain=0.01, copy_storage=True, execute=False, test=False):
+    """
+    Balance the cluster like ``hbal``: print the planner's moves, the initial and
+    final cluster score, the job sets (moves on disjoint nodes, run in parallel)
+    and the ``salt-run`` commands they stand for (like ``hbal -C``). Nothing
+    changes unless ``execute=True``: then the moves run as one job, a job set at
+    a time (``test=True`` with it prints that job's plan).
+
+    file
+        Plan for a Ganeti htools data file instead of the live cluster (plan only).
+    max_steps
+        At most this many moves (``-1``: no limit).
+    min_gain
+        Stop when a move gains less than this (hbal's ``--min-gain``).
+    copy_storage
+        Also move ``file``/``plain`` instances (live migration copying their disks).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.balance
+        salt-run cluster.balance max_steps=5 copy_storage=False
+        salt-run cluster.balance file=/srv/ganeti/cluster.data
+        salt-run cluster.balance execute=True test=True
+        salt-run cluster.balance execute=True
+    """
+    return _operate(planned_ops.balance, file=file, max_steps=max_steps, min_gain=min_gain,
+                    copy_storage=copy_storage, execute=execute, test=test)
+
+
+def capacity(spec=None, tiered=False, file=None):
+    """
+    How many more instances of ``spec`` fit, like ``hspace`` (default spec: the
+    instance policy's standard one), and the resource that runs out first.
+    ``tiered=True`` shrinks the spec as resources run out and counts each tier.
+    ``file``: a Ganeti htools data file instead of the live cluster. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.capacity
+        salt-run cluster.capacity spec=mem=1G,disk=10G,vcpus=1,template=file
+        salt-run cluster.capacity tiered=True file=/srv/ganeti/cluster.data
+    """
+    return _operate(planned_ops.capacity, spec=spec, tiered=tiered, file=file)
+
+
+def allocate(spec, count=1, file=None):
+    """
+    Dry run of an allocation, like ``hail``: where ``count`` instances of ``spec``
+    would go (each seeing the previous ones), or why they do not fit.
+    ``spec``: ``mem=SIZE,disk=SIZE,vcpus=N[,template=T][,tags=a+b][,name=N]``.
+    ``file``: a Ganeti htools data file instead of the live cluster. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.allocate spec=mem=1G,disk=10G,vcpus=1,template=file
+        salt-run cluster.allocate spec=mem=4G,disk=50G,vcpus=2,template=drbd count=3
+        salt-run cluster.allocate spec=mem=1G,disk=10G,vcpus=1 file=/srv/ganeti/cluster.data
+    """
+    return _operate(planned_ops.allocate, spec, count=count, file=file)
+
+
+def evacuate(node, mode="all", test=False):
+    """
+    Move every instance off ``node`` (``gnt-node evacuate``), as the planner
+    decides, in one job whose moves run in parallel job sets: primaries migrate
+    live (``file``/``plain`` copy their disks), or fail over when the node is down
+    or offline (``sharedfile``, ``drbd``); drbd secondaries get a new node.
+    ``mode``: ``all``, ``primary`` or ``secondary``. Instances that cannot move are
+    listed with the reason; the others move. ``test=True`` prints the plan.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.evacuate node2 test=True
+        salt-run cluster.evacuate node2
+        salt-run cluster.evacuate node3 mode=secondary
+    """
+    return _operate(planned_ops.evacuate, node, mode=mode, test=test)
+
+
+def replace_disks(name, new_secondary=None, test=False):
+    """
+    Give drbd instances a new secondary (``gnt-instance replace-disks -n``):
+    the new mirror is built and synced before the old one is dropped, so
+    redundancy never drops (needs DRBD 9 on the nodes: a third peer while it
+    syncs). ``new_secondary`` defaults to the planner's choice. ``name`` takes
+    names, comma lists and wildcards; ``test=True`` prints the plan.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cluster.replace_disks db1 new_secondary=node3
+        salt-run cluster.replace_disks 'db*' test=True
+    """
+    return _each(planned_ops.replace_disks, name, new_secondary=new_secondary, test=test)

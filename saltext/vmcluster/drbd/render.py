@@ -3,9 +3,12 @@
 One syntax serves both kernels: drbd-utils 9 hands a resource to ``drbdadm-84``
 when the loaded module is 8.4, and that parser rejects ``node-id``. With the
 DRBD 9 module pass ``drbd9=True``: every ``on`` section then gets an explicit
-``node-id`` (0 and 1 in the given order, identical on both nodes). Two nodes
+``node-id`` (a node's ``node_id``, else its position: identical on all nodes;
+a node keeps its id for the life of the resource). Two nodes
 need no ``connection-mesh``; DRBD 9 derives the single connection from the two
-``on`` sections.
+``on`` sections. DRBD 9 also takes a third node (a ``connection-mesh`` of all
+three): the transient state of a secondary being replaced while the old one
+still mirrors.
 """
 
 import ipaddress
@@ -55,7 +58,7 @@ def _on_section(index, node, port, minor, drbd9):
         raise DrbdValueError(f"{where}: missing {', '.join(missing)}")
     lines = [f'    on "{check_name(node["name"], where + ".name")}" {{']
     if drbd9:
-        lines.append(f"        node-id {index};")
+        lines.append(f"        node-id {_check_int(node.get('node_id', index), where + '.node_id', 0, 31)};")
     node_minor = _check_int(node.get("minor", minor), where + ".minor", 0, MAX_MINOR)
     lines += [
         f"        device minor {node_minor};",
@@ -77,23 +80,29 @@ def render_resource(
     allow_two_primaries=False,
     drbd9=False,
 ):
-    """Return the text of a protocol C resource file for exactly two ``nodes``.
+    """Return the text of a protocol C resource file for two ``nodes`` (three with ``drbd9``).
 
     ``nodes`` are mappings with ``name`` (``uname -n`` of the node), ``address``
     (its replication IP), ``disk`` (the backing LV) and optionally ``minor``
-    (default: ``minor``). Raises :class:`DrbdValueError` naming the bad field.
+    (default: ``minor``) and ``node_id`` (DRBD 9; default: its position).
+    Raises :class:`DrbdValueError` naming the bad field.
     """
     check_name(name)
-    if not isinstance(nodes, (list, tuple)) or len(nodes) != 2:
-        raise DrbdValueError(f"nodes: expected exactly two nodes, got {nodes!r}")
+    counts = (2, 3) if drbd9 else (2,)
+    if not isinstance(nodes, (list, tuple)) or len(nodes) not in counts:
+        raise DrbdValueError(f"nodes: expected two nodes (three with drbd9), got {nodes!r}")
     _check_int(port, "port", 1, 65535)
     if hmac_alg not in HMAC_ALGORITHMS:
         raise DrbdValueError(f"hmac_alg: {hmac_alg!r} is not one of {', '.join(HMAC_ALGORITHMS)}")
     if not isinstance(secret, str) or not _SECRET_RE.match(secret):
         raise DrbdValueError("secret: expected 1-64 printable characters without quotes, backslashes or spaces")
     sections = [line for index, node in enumerate(nodes) for line in _on_section(index, node, port, minor, drbd9)]
-    if nodes[0]["name"] == nodes[1]["name"]:
-        raise DrbdValueError(f"nodes: both nodes are named {nodes[0]['name']!r}")
+    node_names = [node["name"] for node in nodes]
+    if len(set(node_names)) != len(node_names):
+        raise DrbdValueError(f"nodes: two nodes share a name: {node_names!r}")
+    if len(nodes) == 3:
+        hosts = " ".join(f'"{n}"' for n in node_names)
+        sections.append(f"    connection-mesh {{ hosts {hosts}; }}")
     header = [
         "# Managed by vmcluster (Salt); local changes are overwritten.",
         f'resource "{name}" {{',

@@ -30,6 +30,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from saltext.vmcluster import names
+from saltext.vmcluster.planner.balance import COPY_STORAGE
 from saltext.vmcluster.planner.checks import (
     FAILURES, OK, Demand, NodeRoom, Redundancy, policy_failure,
 )
@@ -169,8 +170,10 @@ class _Choice:
 class Allocator:
     """Places instances on a working copy of a cluster (see the module doc)."""
 
-    def __init__(self, cluster: Cluster, capacity_check: bool = True):
+    def __init__(self, cluster: Cluster, capacity_check: bool = True,
+                 allow_copy_storage: bool = False):
         self.cluster = copy.deepcopy(cluster)
+        self.relocatable = EXTERNAL | (COPY_STORAGE if allow_copy_storage else frozenset())
         self.loads = NodeLoads(self.cluster)
         self.state = ScoreState.from_loads(self.loads)
         self.room = NodeRoom(self.loads)
@@ -380,7 +383,7 @@ class Allocator:
         pri, sec = (int(x) for x in self.loads.placement[i])
         prof = self._profile(inst)
         drbd = inst.disk_template == "drbd"
-        if not drbd and inst.disk_template not in EXTERNAL:
+        if not drbd and inst.disk_template not in self.relocatable:
             raise _CannotMove(f"Instances of type {inst.disk_template} cannot be relocated")
         if not drbd and mode == "secondary":
             raise _CannotMove(f"Instances with disk template '{inst.disk_template}' "
