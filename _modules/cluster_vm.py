@@ -483,6 +483,7 @@ def migrate(
     post_migrate=None,
     remove_source_disks=True,
     target_disks=None,
+    unsafe=False,
 ):
     """
     Live-migrate running domain ``name`` to the libvirt at ``target_uri``.
@@ -510,6 +511,10 @@ def migrate(
         storage directory or volume group, another DRBD minor), e.g.
         ``{vda: /srv/vmc/instances/web1/disk0.qcow2}`` as ``cluster_disk.create``
         returned it there. Without it the target opens the source's paths.
+    unsafe
+        Migrate disks that neither are copied nor have ``cache=none`` although
+        libvirt does not recognise their file system as shared (adds UNSAFE):
+        only for storage the operator knows to be coherent on both nodes.
 
     Returns ``{"name", "target_uri", "copy_storage", "seconds", "removed_disks", "left_disks"}``.
 
@@ -536,6 +541,8 @@ def migrate(
     )
     if copy_storage:
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if unsafe:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
     with _domain(name) as (_conn, dom):
         if not dom.isActive():
             raise CommandExecutionError(

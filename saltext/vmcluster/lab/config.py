@@ -43,7 +43,9 @@ def minion_config(lab_dir, node_dir, name, ret_port, storage):
     ``vmcluster:migration`` tells the other nodes how to reach this node's
     libvirtd and QEMU: the nodes share the host's network namespace, where
     libvirt refuses loopback as its own migration host, so data goes to
-    ``tcp://127.0.0.1`` explicitly (see LAB.md).
+    ``tcp://127.0.0.1`` explicitly (see LAB.md). The shared directory is a local
+    one that every node sees through one kernel, so it is coherent although
+    libvirt does not take it for shared storage: ``unsafe_shared_storage``.
     """
     return {
         "id": name,
@@ -59,7 +61,8 @@ def minion_config(lab_dir, node_dir, name, ret_port, storage):
         "acceptance_wait_time": 0.5,
         "random_reauth_delay": 0,
         "auth_safemode": False,
-        "vmcluster": {"storage": storage, "migration": {"uri": libvirt_uri(node_dir), "address": "127.0.0.1"}},
+        "vmcluster": {"storage": storage, "migration": {
+            "uri": libvirt_uri(node_dir), "address": "127.0.0.1", "unsafe_shared_storage": True}},
         # /etc is the host's in every node: each node keeps its DRBD resource files apart
         "drbd.config_dir": str(node_dir / "drbd.d"),
     }
