@@ -2,10 +2,14 @@
 
 import os
 import shutil
+import threading
+import time
 
+import libvirt
 import pytest
 
 from saltext.vmcluster.lab import Lab, leftover_processes
+from saltext.vmcluster.store import Store
 
 LAB_NODES = 3
 
@@ -29,6 +33,51 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+class Sampler(threading.Thread):
+    """Every 100 ms: which node runs which domain (state running), straight from each libvirtd."""
+
+    def __init__(self, lab, interval=0.1):
+        super().__init__(daemon=True)
+        self.lab, self.interval = lab, interval
+        self.stop = threading.Event()
+        self.samples = 0
+        self.doubles = []  # (time, domain, nodes)
+        self.conns = {}
+
+    def _running(self, node):
+        try:
+            conn = self.conns.get(node.name) or libvirt.open(node.libvirt_uri)
+            self.conns[node.name] = conn
+            return [d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)]
+        except libvirt.libvirtError:  # a killed node: nothing runs there
+            self.conns.pop(node.name, None)
+            return []
+
+    def run(self):
+        while not self.stop.is_set():
+            seen = {}
+            for node in self.lab.nodes:
+                for name in self._running(node):
+                    seen.setdefault(name, []).append(node.name)
+            self.doubles += [(time.time(), name, nodes) for name, nodes in seen.items() if len(nodes) > 1]
+            self.samples += 1
+            self.stop.wait(self.interval)
+
+
+@pytest.fixture(scope="module")
+def no_double_runs(lab):
+    """For a whole test module: a Sampler that fails the module if an instance ran on two nodes at once."""
+    thread = Sampler(lab)
+    thread.start()
+    yield thread
+    thread.stop.set()
+    thread.join()
+    for conn in thread.conns.values():
+        conn.close()
+    assert thread.samples > 10
+    assert thread.doubles == [], "an instance ran on two nodes at once"
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     lab = Lab(f"/tmp/vmc-it-{os.getpid()}")
@@ -45,6 +94,22 @@ def runner(lab):
     client = lab.runner()
     yield client
     client.destroy()
+
+
+@pytest.fixture(scope="session")
+def store(lab):
+    """The cluster's store, as the lab master's runner sees it."""
+    return Store.from_opts(lab.master_opts())
+
+
+@pytest.fixture
+def cleanup(runner, store):
+    """Append instance names: each is removed (``cluster.remove``) after the test."""
+    names = []
+    yield names
+    for name in names:
+        if store.instance(name):
+            assert runner.cmd("cluster.remove", [name], print_event=False).get("state") == "done"
 
 
 @pytest.fixture(scope="session")
