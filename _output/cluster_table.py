@@ -18,7 +18,13 @@ def __virtual__():
 
 
 def output(data, **kwargs):  # pylint: disable=unused-argument
-    """Render a list of row dicts as a table (anything else as plain text)."""
+    """Render a list of row dicts as a table (anything else as plain text).
+
+    A runner return that carries a ``retcode`` next to ``outputter`` and ``data`` (Salt then
+    passes the whole dict) is rendered as its ``data``.
+    """
+    if isinstance(data, dict) and {"outputter", "data"} <= set(data):
+        data = data["data"]
     if isinstance(data, list) and all(isinstance(r, dict) for r in data):
         return views.format_table(data)
     return str(data)

@@ -292,9 +292,9 @@ def verify():
     rows = _operate(health_ops.verify)
     if isinstance(rows, dict):  # the operator's error
         return rows
-    if any(row["severity"] == "error" for row in rows):
-        __context__["retcode"] = 1
-    return {"outputter": "cluster_table", "data": rows}
+    retcode = 1 if any(row["severity"] == "error" for row in rows) else 0
+    __context__["retcode"] = retcode
+    return {"outputter": "cluster_table", "data": rows, "retcode": retcode}
 
 
 def watcher(lock_timeout=1, test=False):

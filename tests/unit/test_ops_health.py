@@ -2,6 +2,7 @@
 
 from saltext.vmcluster.config import ClusterConfig, NodeConfig
 from saltext.vmcluster.ops import changes, health
+from saltext.vmcluster.ops.engine import new_job, plan
 from saltext.vmcluster.planner.live import cluster_from_live
 from saltext.vmcluster.planner.score import NodeLoads
 
@@ -166,3 +167,18 @@ def test_watcher_plan_restarts_only_admin_up_instances_on_answering_primaries():
     assert plan[("lost", "remove_stale")]["node"] == "node1"
     assert plan[("off", "skip")]["reason"].startswith("primary node3 is offline")
     assert plan[("moved", "skip")]["reason"].startswith("runs on node3")
+
+
+def test_grow_steps_of_a_drbd_disk_grow_both_lvs_then_drbd_then_the_guest():
+    job = new_job("grow_disk", "db1", changes.grow_steps(
+        rec("db1", "node1", template="drbd", secondary="node2", disks=2), 1, 2 * GIB), [])
+    assert plan(job) == [
+        f"grow_backing_disk(index=1, instance=db1, node=node1, size={2 * GIB}, template=drbd)",
+        f"grow_backing_disk(index=1, instance=db1, node=node2, size={2 * GIB}, template=drbd)",
+        "resize_drbd(index=1, instance=db1, node=node1)",
+        f"grow_domain_disk(index=1, instance=db1, node=node1, size={2 * GIB}, template=drbd)",
+        f"update_instance(disks=[{{'size': {GIB}}}, {{'size': {2 * GIB}}}], name=db1)",
+    ]
+    assert [s["set"] for s in job["steps"]] == [0, 0, 1, 2, 3]  # both LVs grow in parallel
+    file_steps = changes.grow_steps(rec("web1", "node1"), 0, 2 * GIB)
+    assert [s[0] for s in file_steps] == ["grow_domain_disk", "update_instance"]

@@ -212,15 +212,21 @@ def grow_disk(ctx, name, index, amount=None, size=None, test=False):
     if index >= len(record["disks"]):
         raise OpError(f"index: {name} has {len(record['disks'])} disk(s) (0..{len(record['disks']) - 1}); got {index}")
     new = _new_size(record, index, amount, size)
-    primary, secondary, template = record["primary"], record.get("secondary"), record["template"]
-    nodes = [primary] + ([secondary] if secondary else [])
+    nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
     _check_space(ctx, record, nodes, -(-(new - record["disks"][index]["size"]) // MIB))
-    disk = {"instance": name, "index": index, "template": template, "size": new}
-    job_steps = [("grow_backing_disk", {"node": node, **disk}, 0) for node in nodes if template in disks.LVM_TEMPLATES]
-    if template == "drbd":
+    result = _execute(ctx, new_job("grow_disk", name, grow_steps(record, index, new), instance_locks(record)), test)
+    return {**result, "disk": index, "old": record["disks"][index]["size"], "new": new}
+
+
+def grow_steps(record, index, new):
+    """The steps that grow disk ``index`` of ``record`` to ``new`` bytes (LVs on both nodes in parallel)."""
+    name, primary = record["name"], record["primary"]
+    nodes = [primary] + ([record["secondary"]] if record.get("secondary") else [])
+    disk = {"instance": name, "index": index, "template": record["template"], "size": new}
+    job_steps = [("grow_backing_disk", {"node": node, **disk}, 0)
+                 for node in nodes if record["template"] in disks.LVM_TEMPLATES]
+    if record["template"] == "drbd":
         job_steps.append(("resize_drbd", {"node": primary, "instance": name, "index": index}, 1))
     job_steps.append(("grow_domain_disk", {"node": primary, **disk}, 2))
     sizes = [dict(d, size=new) if i == index else d for i, d in enumerate(record["disks"])]
-    job_steps.append(("update_instance", {"name": name, "disks": sizes}, 3))
-    result = _execute(ctx, new_job("grow_disk", name, job_steps, instance_locks(record)), test)
-    return {**result, "disk": index, "old": record["disks"][index]["size"], "new": new}
+    return job_steps + [("update_instance", {"name": name, "disks": sizes}, 3)]
