@@ -183,10 +183,17 @@ def test_failover_of_a_silent_primary_needs_the_operators_confirmation(make_ctx)
 
 
 def test_release_old_primary_stops_and_undefines_where_the_node_answers(make_ctx):
-    ctx = make_ctx([], {"node1": {"db1": "shutoff"}})
-    ctx.rpc.handlers["cluster_vm.undefine"] = lambda node, name: True
-    assert moves.release_old_primary(ctx, "node1", "db1") is True
-    assert [c[1] for c in ctx.rpc.calls] == ["cluster_vm.list_domains", "cluster_vm.list_domains", "cluster_vm.undefine"]
+    ctx = make_ctx([], {"node1": {"db1": "running"}})
+    for fun in ("shutdown", "destroy", "undefine"):
+        ctx.rpc.handlers[f"cluster_vm.{fun}"] = lambda node, name, **kwargs: True
+    assert moves.release_old_primary(ctx, "node1", "db1", timeout=0) is True
+    assert moves.release_old_primary(ctx, "node1", "db1", timeout=5) is True
+    assert [c[1] for c in ctx.rpc.calls] == [
+        "cluster_vm.list_domains", "cluster_vm.destroy", "cluster_vm.undefine",
+        "cluster_vm.list_domains", "cluster_vm.shutdown", "cluster_vm.undefine"]
+    assert ctx.rpc.calls[4][3] == {"timeout": 5}
+    ctx.rpc.domains = {}
+    assert moves.release_old_primary(ctx, "node1", "db1") == "absent"
     silent = make_ctx([], {}, silent=["node1"])
     with pytest.raises(engine.OpError, match="^node node1 does not answer"):
         moves.release_old_primary(silent, "node1", "db1")

@@ -27,7 +27,7 @@ with ``ignore_consistency=True`` that the silent node is down.
 from saltext.vmcluster import disks, names
 from saltext.vmcluster.ops.engine import OpError, new_job, step
 from saltext.vmcluster.ops.instances import MIB, _execute, _record, instance_locks, live_cluster
-from saltext.vmcluster.ops.steps import domains_on, stop_domain, undefine_domain
+from saltext.vmcluster.ops.steps import domains_on
 from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
 
 MIGRATION_OPTION = "vmcluster:migration"
@@ -192,9 +192,15 @@ def release_old_primary(ctx, node, instance, timeout=DEFAULT_SHUTDOWN_TIMEOUT, i
         if ignore_consistency:
             return f"{node} does not answer; the operator confirmed that it is down (stale definition left there)"
         raise OpError(unconfirmed(node, instance))
-    if domains.get(instance, "shutoff") != "shutoff":
-        stop_domain(ctx, node, instance, timeout=timeout)
-    return undefine_domain(ctx, node, instance)
+    state = domains.get(instance)
+    if state is None:
+        return "absent"
+    if state != "shutoff":  # what the node just said: act on it without asking again
+        if timeout:
+            ctx.rpc.call_one(node, "cluster_vm.shutdown", instance, timeout=timeout, rpc_timeout=timeout + 30)
+        else:
+            ctx.rpc.call_one(node, "cluster_vm.destroy", instance)
+    return ctx.rpc.call_one(node, "cluster_vm.undefine", instance)
 
 
 @step
