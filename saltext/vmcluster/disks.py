@@ -115,6 +115,16 @@ def drbd_path(minor):
     return f"/dev/drbd{minor}"
 
 
+def device_path(template, location, instance, number, fmt="qcow2", minor=None):
+    """Where disk ``number`` of ``instance`` is on a node whose storage for ``template`` is ``location``
+    (a directory or a VG); drbd disks are their resource's device, ``/dev/drbd<minor>``."""
+    if template in FILE_TEMPLATES:
+        return file_path(location, instance, number, fmt)
+    if template == "plain":
+        return lv_path(location, lv_name(disk_name(instance, number, template), template))
+    return drbd_path(minor)
+
+
 def parse_file_name(file_name):
     """``(index, fmt)`` of a disk file name such as ``disk0.qcow2``; None for other files."""
     match = _FILE_RE.fullmatch(file_name)

@@ -18,6 +18,7 @@ from pathlib import Path
 INSTANCES = "vmcluster/instances"
 NODES = "vmcluster/nodes"
 JOBS = "vmcluster/jobs"
+GRAINS = "grains"  # Salt's own minion data cache on the master
 LOCK_POLL = 0.1
 DEFAULT_LOCK_TIMEOUT = 60.0
 
@@ -68,6 +69,10 @@ class Store:
 
     def put_node_flags(self, name, flags):
         self.cache.store(NODES, name, dict(flags))
+
+    def node_grains(self, name):
+        """The grains the master cached for minion ``name`` ({} if none yet)."""
+        return self.cache.fetch(GRAINS, name) or {}
 
     def job(self, job_id):
         return self._get(JOBS, job_id)

@@ -68,3 +68,4 @@ def test_directory_space(tmp_path):
 def test_vm_rss():
     assert nodefacts.vm_rss_mib("Name:\tqemu\nVmRSS:\t  204800 kB\n") == 200
     assert nodefacts.vm_rss_mib("Name:\tqemu\n") == 0
+

@@ -21,11 +21,9 @@ class FakeNodes:
         kwargs.pop("rpc_timeout", None)
         self.calls.append((node, fun, args, kwargs))
         answers = {
-            "cluster_disk.exists": False,
             "drbd.status": {args[0]: {"role": "Secondary", "volumes": [{"disk": "Inconsistent"}]}} if args else {},
             "drbd.wait_sync": {"synced": self.synced, "done": 100.0 if self.synced else 42.0},
-            "cluster_disk.path": f"/dev/drbd{len(self.calls)}",
-            "grains.get": True,
+            "grains.get": {"storage": {"drbd": "vg0"}, "kvm_usable": True},
         }
         return answers.get(fun, True)
 
@@ -79,6 +77,14 @@ def test_drbd_add_stops_when_the_sync_does_not_finish(ctx):
     with pytest.raises(engine.OpError, match=r"drbd_wait_sync: db1.disk0 not in sync after 3600s \(42.0% done\)"):
         instances.add(ctx, "db1", "1G", disks="10G", template="drbd", nodes="node1:node2")
     assert ctx.rpc.funs("cluster_vm.define") == [] and ctx.store.instance("db1")["admin_state"] == "down"
+
+
+def test_the_domain_uses_each_disk_s_drbd_device_and_the_node_s_acceleration(ctx):
+    instances.add(ctx, "db1", "1G", disks=["10G", "20G"], template="drbd", nodes="node1:node2")
+    minors = [d["drbd"]["minor"] for d in ctx.store.instance("db1")["disks"]]
+    (define,) = ctx.rpc.funs("cluster_vm.define")
+    assert define[0] == "node1" and define[2] == ("db1", "1024M")
+    assert define[3]["disks"] == [f"/dev/drbd{m}" for m in minors] and define[3]["type"] == "kvm"
 
 
 @pytest.mark.parametrize(

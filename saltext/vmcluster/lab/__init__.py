@@ -322,14 +322,20 @@ class Lab:
 
 
 def leftover_processes(lab_dir):
-    """PIDs of processes whose command line mentions ``lab_dir`` (should be none after down)."""
-    marker = str(Path(lab_dir).resolve()).encode()
+    """PIDs of live processes with an argument in ``lab_dir`` (should be none after down).
+
+    An argument counts when it is the dir or a path below it: ``/tmp/lab`` must not
+    match the processes of a neighbour lab at ``/tmp/lab2``.
+    """
+    root = str(Path(lab_dir).resolve())
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "cmdline").read_bytes() and process_alive(int(entry.name)):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(a == root or a.startswith(root + "/") for a in args) and process_alive(int(entry.name)):
+            found.append(int(entry.name))
     return found

@@ -1,6 +1,10 @@
 """The steps operations are made of: each idempotent (checks, then acts) so a resumed job can repeat it."""
 
-from saltext.vmcluster.ops.engine import step
+from saltext.vmcluster import disks
+from saltext.vmcluster.ops.engine import OpError, step
+from saltext.vmcluster.rpc import NodeError
+
+ALREADY_EXISTS = "already exists"
 
 
 @step
@@ -27,10 +31,13 @@ def forget_instance(ctx, name):
 def create_disk(ctx, node, instance, index, size, template, exact=False, drbd=None):
     """Create disk ``index`` on ``node`` unless it exists; ``exact`` sizes are bytes; ``drbd``: the
     resource (nodes, port, minor, secret) for the drbd template."""
-    if ctx.rpc.call_one(node, "cluster_disk.exists", instance, index, template):
-        return "exists"
-    return ctx.rpc.call_one(node, "cluster_disk.create", instance, index, f"{size}B" if exact else size, template,
-                            **(drbd or {}))
+    try:
+        return ctx.rpc.call_one(node, "cluster_disk.create", instance, index, f"{size}B" if exact else size,
+                                template, **(drbd or {}))
+    except NodeError as exc:  # a resumed job finds the disk it made before the interruption
+        if ALREADY_EXISTS in str(exc) and ctx.rpc.call_one(node, "cluster_disk.exists", instance, index, template):
+            return "exists"
+        raise
 
 
 @step
@@ -59,22 +66,30 @@ def remove_disk(ctx, node, instance, index, template):
     return ctx.rpc.call_one(node, "cluster_disk.remove", instance, index, template)
 
 
-def domain_type(ctx, node):
-    """``kvm`` where the node can use KVM, else ``qemu`` (TCG)."""
-    return "kvm" if ctx.rpc.call_one(node, "grains.get", "cluster_node:kvm_usable") is True else "qemu"
+def node_facts(ctx, node):
+    """The node's ``cluster_node`` grain: from the master's grains cache, else asked of the node."""
+    facts = ctx.store.node_grains(node).get("cluster_node")
+    return facts or ctx.rpc.call_one(node, "grains.get", "cluster_node")
+
+
+def disk_paths(facts, record):
+    """Where the record's disks are on a node with the given facts."""
+    location = facts.get("storage", {}).get(record["template"])
+    if location is None and record["template"] != "drbd":
+        raise OpError(f"vmcluster:storage:{record['template']} is not set on this node; declare it in its minion config")
+    return [disks.device_path(record["template"], location, record["name"], index, minor=disk.get("drbd", {}).get("minor"))
+            for index, disk in enumerate(record["disks"])]
 
 
 @step
 def define_domain(ctx, node, instance):
     """Define the instance's domain on ``node`` from its record (redefining is harmless)."""
     record = ctx.store.instance(instance)
-    paths = [
-        ctx.rpc.call_one(node, "cluster_disk.path", instance, index, record["template"])
-        for index in range(len(record["disks"]))
-    ]
+    facts = node_facts(ctx, node)
     return ctx.rpc.call_one(
-        node, "cluster_vm.define", instance, f"{record['memory']}M", vcpus=record["vcpus"], disks=paths,
-        nics=record.get("nics", []), type=domain_type(ctx, node),
+        node, "cluster_vm.define", instance, f"{record['memory']}M", vcpus=record["vcpus"],
+        disks=disk_paths(facts, record), nics=record.get("nics", []),
+        type="kvm" if facts.get("kvm_usable") else "qemu",
     )
 
 
