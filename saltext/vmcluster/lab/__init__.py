@@ -321,6 +321,18 @@ class Lab:
         _wait_gone(pids, timeout=5)
 
 
+def _ancestors():
+    """Our PID and those of every process above us."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
 def leftover_processes(lab_dir):
     """PIDs of live processes with an argument in ``lab_dir`` (should be none after down).
 
@@ -328,9 +340,10 @@ def leftover_processes(lab_dir):
     match the processes of a neighbour lab at ``/tmp/lab2``.
     """
     root = str(Path(lab_dir).resolve())
+    ours = _ancestors()  # e.g. `timeout 600 vmcluster-lab --dir LAB demo` runs us; it is no leftover
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in ours:
             continue
         try:
             args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
