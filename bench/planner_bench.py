@@ -3,13 +3,11 @@
 For each case (Ganeti's .data files with instances, then generated skewed
 clusters) runs ``hbal -t FILE -S PREFIX`` (if installed, under a time limit)
 and ``balance``, scores both .balanced files with Ganeti's ``hinfo`` and
-prints one table row. hbal runs in full on the corpus and 20/80; on 60/500
-and 100/1000 it is capped at ``--hbal-steps`` moves and its full-run time is
-extrapolated (marked ``~``) as its time per move times our number of moves.
-With ``--large`` it adds 200/2000 and 1000/10000 (ours only) and reports,
-for 1000/10000, one allocation's time and the peak memory.
+prints one table row. With ``--large`` it adds 200/2000 and 1000/10000 and
+reports, for 1000/10000, the balance time, one allocation's time (if the
+allocate module exists) and the peak memory.
 
-    python bench/planner_bench.py [--large] [--hbal-timeout 120] [--hbal-steps 2] [--workdir DIR]
+    python bench/planner_bench.py [--large] [--hbal-timeout 120] [--workdir DIR]
 """
 
 import argparse
@@ -32,7 +30,6 @@ from saltext.vmcluster.planner.model import Cluster, Group, Instance, Node
 GANETI = Path("/usr/lib/ganeti/3.0/usr/bin")
 CORPUS = Path("/work/shared/data/ganeti-htools")
 SIZES = [(20, 80), (60, 500), (100, 1000)]
-FULL_HBAL = {(20, 80)}  # generated cases where hbal runs to the end
 LARGE = [(200, 2000), (1000, 10000)]
 MOVE_LINE = re.compile(r"^\s+\d+\. ", re.M)
 
@@ -70,11 +67,10 @@ def _env():
     return {k: v for k, v in os.environ.items() if k != "HTOOLS"}
 
 
-def run_hbal(path: Path, prefix: Path, timeout: float, max_moves: int = 0):
+def run_hbal(path: Path, prefix: Path, timeout: float):
     """(score, moves, seconds) of hbal; score None on timeout or failure.
 
-    Multi-group files are balanced one group after the other (hbal -G);
-    ``max_moves`` > 0 caps the run (hbal -l).
+    Multi-group files are balanced one group after the other (hbal -G).
     """
     start = time.perf_counter()
     groups = [g.name for g in htools.load(path).groups] if len(htools.load(path).groups) > 1 else [None]
@@ -83,7 +79,6 @@ def run_hbal(path: Path, prefix: Path, timeout: float, max_moves: int = 0):
         out_prefix = Path(f"{prefix}.g{k}") if group else prefix
         args = [str(GANETI / "hbal"), "-t", str(current), "-S", str(out_prefix)]
         args += ["-G", group] if group else []
-        args += ["-l", str(max_moves)] if max_moves else []
         try:
             out = subprocess.run(args, capture_output=True, text=True, env=_env(),
                                  timeout=max(1.0, timeout - (time.perf_counter() - start)))
@@ -105,29 +100,28 @@ def run_hbal(path: Path, prefix: Path, timeout: float, max_moves: int = 0):
 
 
 def run_ours(path: Path, prefix: Path):
-    """(score by hinfo, seconds, result) of our balancer."""
+    """(score by hinfo, moves, seconds) of our balancer."""
     cluster = htools.load(path)
     start = time.perf_counter()
     result = balance(cluster)
     seconds = time.perf_counter() - start
     out = Path(f"{prefix}.balanced")
     htools.dump(result.cluster, out)
-    return hinfo_score(out), seconds, result
+    return hinfo_score(out), len(result.moves), seconds
 
 
 def cases(workdir: Path, large: bool):
-    """(name, path, hbal mode) of every case: "full", "capped" or "none" (not run)."""
+    """(name, path) of every benchmark case, generated files written to ``workdir``."""
     for path in sorted(CORPUS.glob("*.data")):
         try:
             if htools.load(path).instances:
-                yield path.stem, path, "full"
+                yield path.stem, path
         except htools.HtoolsFormatError:
             continue
     for n_nodes, n_inst in SIZES + (LARGE if large else []):
         path = workdir / f"skewed-{n_nodes}-{n_inst}.data"
         htools.dump(skewed_cluster(n_nodes, n_inst), path)
-        mode = "full" if (n_nodes, n_inst) in FULL_HBAL else "capped" if (n_nodes, n_inst) in SIZES else "none"
-        yield f"skewed {n_nodes}/{n_inst}", path, mode
+        yield f"skewed {n_nodes}/{n_inst}", path
 
 
 def fmt(value, spec):
@@ -139,62 +133,55 @@ def main(argv=None) -> int:
     parser.add_argument("--large", action="store_true", help="add 200/2000 and 1000/10000")
     parser.add_argument("--hbal-timeout", type=float, default=120.0,
                         help="seconds hbal may take per case (default 120)")
-    parser.add_argument("--hbal-steps", type=int, default=2,
-                        help="moves hbal makes on the capped cases (default 2)")
     parser.add_argument("--workdir", type=Path, help="where to write data files (default: temp)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="planner-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     have_hbal = (GANETI / "hbal").exists()
-    header = (f"{'case':34} {'hbal score':>12} {'mv':>5} {'s':>9}  {'ours score':>12} {'mv':>5} "
+    header = (f"{'case':34} {'hbal score':>12} {'mv':>5} {'s':>8}  {'ours score':>12} {'mv':>5} "
               f"{'s':>8}  {'score ratio':>11} {'speed ratio':>11}")
     print(header)
     print("-" * len(header))
-    large = None
-    for name, path, mode in cases(workdir, args.large):
+    for name, path in cases(workdir, args.large):
         prefix = workdir / re.sub(r"\W", "_", name)
-        ours, our_s, result = run_ours(path, Path(f"{prefix}.ours"))
-        our_moves = len(result.moves)
-        if name.endswith("1000/10000"):
-            large = result
-        ref, ref_moves, ref_s, approx = None, None, None, ""
-        if have_hbal and mode == "full":
+        ours, our_moves, our_s = run_ours(path, Path(f"{prefix}.ours"))
+        if have_hbal:
             ref, ref_moves, ref_s = run_hbal(path, Path(f"{prefix}.hbal"), args.hbal_timeout)
-        elif have_hbal and mode == "capped":
-            _, done, seconds = run_hbal(path, Path(f"{prefix}.hbal"), args.hbal_timeout,
-                                        args.hbal_steps)
-            if done:  # extrapolated: its time per move times our number of moves
-                ref_s, approx = seconds / done * max(our_moves, done), "~"
+        else:
+            ref, ref_moves, ref_s = None, None, None
         ratio = "-" if ref is None else (f"{ours / ref:.4f}" if ref else ("1.0000" if ours == 0 else "inf"))
         if ref_s is None:
             speed = "-"
         else:
-            speed = ("> " if ref is None and not approx else approx) + f"{ref_s / max(our_s, 1e-6):.1f}x"
-        hbal_score = ("timeout" if mode == "full" and have_hbal and ref is None
-                      else f"({args.hbal_steps} mv)" if approx else fmt(ref, ".6f"))
-        print(f"{name:34} {hbal_score:>12} {fmt(ref_moves, 'd'):>5} "
-              f"{approx + fmt(ref_s, '.2f'):>9}  {ours:12.6f} {our_moves:5d} {our_s:8.2f}  "
-              f"{ratio:>11} {speed:>11}", flush=True)
-    if have_hbal:
-        print(f"~: hbal extrapolated: its seconds per move over {args.hbal_steps} moves times our moves")
-    if large is not None:
-        report_large(large)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak memory (this process): {peak:.0f} MB")
+            speed = ("> " if ref is None else "") + f"{ref_s / max(our_s, 1e-6):.1f}x"
+        hbal_score = "timeout" if have_hbal and ref is None else fmt(ref, ".6f")
+        print(f"{name:34} {hbal_score:>12} {fmt(ref_moves, 'd'):>5} {fmt(ref_s, '.2f'):>8}  "
+              f"{ours:12.6f} {our_moves:5d} {our_s:8.2f}  {ratio:>11} {speed:>11}", flush=True)
+    if args.large:
+        report_large(workdir)
     return 0
 
 
-def report_large(result) -> None:
-    """One allocation on the balanced 1000/10000 cluster."""
-    print(f"\n1000/10000: {len(result.moves)} moves, score {result.initial_score:.4f} -> "
-          f"{result.final_score:.4f}")
-    allocate = importlib.import_module("saltext.vmcluster.planner.allocate")
-    allocator = allocate.Allocator(result.cluster)
-    spec = allocate.parse_spec("mem=1024,disk=10240,vcpus=2,template=drbd,name=bench-new")
+def report_large(workdir: Path) -> None:
+    """Balance and one allocation on 1000/10000, and the peak memory."""
+    cluster = htools.load(workdir / "skewed-1000-10000.data")
     start = time.perf_counter()
-    outcome = allocator.allocate(spec)
-    print(f"1000/10000: one allocation {time.perf_counter() - start:.3f} s "
-          f"({'placed' if outcome.ok else 'not placed'})")
+    result = balance(cluster)
+    print(f"\n1000/10000: full balance {time.perf_counter() - start:.1f} s, "
+          f"{len(result.moves)} moves, score {result.initial_score:.4f} -> {result.final_score:.4f}")
+    try:
+        allocate = importlib.import_module("saltext.vmcluster.planner.allocate")
+    except ImportError:
+        print("1000/10000: one allocation: skipped (planner.allocate not present)")
+    else:
+        allocator = allocate.Allocator(result.cluster)
+        spec = allocate.parse_spec("mem=1024,disk=10240,vcpus=2,template=drbd,name=bench-new")
+        start = time.perf_counter()
+        outcome = allocator.allocate(spec)
+        print(f"1000/10000: one allocation {time.perf_counter() - start:.3f} s "
+              f"({'placed' if outcome.ok else 'not placed'})")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (this process): {peak:.0f} MB")
 
 
 if __name__ == "__main__":

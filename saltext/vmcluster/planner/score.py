@@ -368,7 +368,7 @@ class ScoreState:
     def _total(self, s1: np.ndarray, s2: np.ndarray, totals: Counter) -> float:
         if not self.has_online:
             return 0.0
-        return float((self._values(s1, s2) * self.weights).sum() + MAP_METRIC.weight * _map_value(totals))
+        return float(self._values(s1, s2) @ self.weights + MAP_METRIC.weight * _map_value(totals))
 
     def delta(self, changes: Mapping[int, NodeRow]) -> float:
         """Score change if the given nodes took the given rows (no mutation)."""
@@ -382,30 +382,20 @@ class ScoreState:
             self.rows[node] = row
             self.maps[node] = Counter(counter)
 
-    def slot_sums(self, nodes: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Changes (d1, d2) of the running sums if nodes ``nodes[k, j]`` took ``rows[k, j]``.
+    def slot_totals(self, nodes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Scores if, for each candidate k, nodes ``nodes[k, j]`` took ``rows[k, j]``.
 
         ``nodes`` is (K, m) with distinct nodes per candidate, ``rows`` is
-        (K, m, C); both results are (K, C), for :meth:`totals_after`.
+        (K, m, C); the location-exclusion map is taken as unchanged.
         """
+        if not self.has_online:
+            return np.zeros(len(nodes))
         member = self.member[nodes]
         new = np.where(member, rows - self.shift, 0.0)
         old = np.where(member, self.rows[nodes] - self.shift, 0.0)
-        return (new - old).sum(axis=1), (new * new - old * old).sum(axis=1)
-
-    def totals_after(self, d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
-        """Scores with the running sums changed by (d1, d2) rows, map taken as unchanged."""
-        if not self.has_online:
-            return np.zeros(len(d1))
-        # row by row (not a matrix product): a candidate scores the same in any batch
-        return ((self._values(self.s1 + d1, self.s2 + d2) * self.weights).sum(axis=-1)
-                + MAP_METRIC.weight * _map_value(self.map_totals))
-
-    def variances(self) -> np.ndarray:
-        """Per-column population variance of the current rows (as :meth:`_values` sees it)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = self.s1 / self.count
-            return self.s2 / self.count - mean * mean
+        s1 = self.s1 + (new - old).sum(axis=1)
+        s2 = self.s2 + (new * new - old * old).sum(axis=1)
+        return self._values(s1, s2) @ self.weights + MAP_METRIC.weight * _map_value(self.map_totals)
 
     def candidate_totals(self, nodes: Sequence[int], rows: np.ndarray,
                          fixed: Optional[Mapping[int, NodeRow]] = None,
