@@ -5,7 +5,9 @@ The cluster is declared in pillar under ``cluster:`` (see ``pillar/cluster.sls``
 live figures come from each node's ``cluster_node.resources``.
 """
 
+import functools
 import logging
+import threading
 
 try:
     from saltext.vmcluster import config, views
@@ -52,16 +54,22 @@ def _config():
         raise _Refused(f"invalid cluster pillar: {exc}") from exc
 
 
-def _fire(tag, data):
-    """Progress for the operator (salt-run prints it) and an event on the master bus."""
+def _fire(send, tag, data):
+    """Progress for the operator (salt-run prints it) and an event on the master bus (``send``: event.send).
+
+    Salt's loader dunders and the runner's own event channel belong to the runner's
+    thread: steps running in parallel threads only send to the bus, through
+    ``send`` looked up in that thread.
+    """
     jid_event = globals().get("__jid_event__")
-    if jid_event is not None:
+    if jid_event is not None and threading.current_thread() is threading.main_thread():
         jid_event.fire_event({"message": data.get("message", tag)}, "progress")
-    __salt__["event.send"](f"cluster/{tag}", data)
+    send(f"cluster/{tag}", data)
 
 
 def _context():
-    return engine.Context(store=Store.from_opts(__opts__), rpc=NodeRPC(__opts__), cfg=_config(), fire=_fire,
+    return engine.Context(store=Store.from_opts(__opts__), rpc=NodeRPC(__opts__), cfg=_config(),
+                          fire=functools.partial(_fire, __salt__["event.send"]),
                           lock_timeout=float(__opts__.get("vmcluster_lock_timeout", DEFAULT_LOCK_TIMEOUT)))
 
 

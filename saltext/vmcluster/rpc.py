@@ -1,5 +1,7 @@
 """Calls from the master to execution modules on the nodes (Salt's LocalClient)."""
 
+import threading
+
 import salt.client
 
 DEFAULT_TIMEOUT = 60
@@ -18,7 +20,16 @@ class NodeRPC:
     """Run execution functions on named nodes."""
 
     def __init__(self, master_opts):
-        self.client = salt.client.get_local_client(mopts=master_opts)
+        self.opts = master_opts
+        self._local = threading.local()
+
+    @property
+    def client(self):
+        """This thread's LocalClient: one client's event subscription cannot serve calls from parallel steps."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = salt.client.get_local_client(mopts=self.opts)
+        return client
 
     def call(self, nodes, fun, args=(), kwargs=None, timeout=10):
         """``{node: return}`` for the nodes that answered within ``timeout`` seconds."""

@@ -59,7 +59,10 @@ class Sampler(threading.Thread):
             for node in self.lab.nodes:
                 for name in self._running(node):
                     seen.setdefault(name, []).append(node.name)
-            self.doubles += [(time.time(), name, nodes) for name, nodes in seen.items() if len(nodes) > 1]
+            # nodes are read one after another: a domain migrating between two reads shows on both.
+            # It ran on two at once only if the nodes read before the last one still run it now.
+            self.doubles += [(time.time(), name, nodes) for name, nodes in seen.items() if len(nodes) > 1
+                             and all(name in self._running(self.lab.node(n)) for n in nodes[:-1])]
             self.samples += 1
             self.stop.wait(self.interval)
 

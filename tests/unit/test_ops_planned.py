@@ -126,13 +126,20 @@ def test_evacuate_steps_share_a_set_per_job_set(make_ctx):
     assert list(sets.values()) == out["job_sets"]
 
 
-def test_evacuate_a_down_node_fails_over_shared_instances_and_reports_local_ones(make_ctx):
+def test_evacuate_an_offline_node_fails_over_shared_instances_and_reports_local_ones(make_ctx):
     ctx = make_ctx(_evacuation(n_file=1, n_shared=2), down=["node1"])
+    ctx.store.put_node_flags("node1", {"offline": True})
     out = planned.evacuate(ctx, "node1", test=True)
     assert {m["instance"] for m in out["moves"]} == {"s0", "s1"}
     assert all(": failover to node" in line for line in out["plan"])
     for name in ("f0", "idle"):
         assert "disks are on node1, which is down or offline" in out["cannot_move"][name]
+
+
+def test_evacuate_refuses_a_silent_node_not_flagged_offline(make_ctx):
+    ctx = make_ctx(_evacuation(n_file=1, n_shared=2), down=["node1"])
+    with pytest.raises(engine.OpError, match="node node1 does not answer.*node_modify node1 offline=True"):
+        planned.evacuate(ctx, "node1", test=True)
 
 
 def test_evacuate_bad_input_changes_nothing(make_ctx):

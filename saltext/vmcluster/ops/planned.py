@@ -24,7 +24,6 @@ from saltext.vmcluster.planner.allocate import EVAC_MODES, Allocator, parse_spec
 from saltext.vmcluster.planner.capacity import capacity as fill_capacity
 from saltext.vmcluster.planner.capacity import tiered_capacity
 
-COPY_STORAGE = ("file", "plain")  # live migration copies the disks; the data lives on one node
 FAILOVER_TEMPLATES = ("sharedfile", "drbd")  # can start elsewhere when the primary is gone
 DRBD9 = 0x090000
 
@@ -88,10 +87,15 @@ def allocate(ctx, spec, count=1, file=None):
 # -- moving instances -------------------------------------------------------------
 
 
-def _node_down(ctx, node):
-    """True if ``node`` is flagged offline or does not answer."""
-    return bool(ctx.store.node_flags(node).get("offline")) or node not in ctx.rpc.call([node], "test.ping",
-                                                                                        timeout=5)
+def _node_offline(ctx, node):
+    """True if the operator flagged ``node`` offline; OpError if it is silent without that flag."""
+    if ctx.store.node_flags(node).get("offline"):
+        return True
+    if node not in ctx.rpc.call([node], "test.ping", timeout=5):
+        raise OpError(f"node {node} does not answer, so its instances may still run there; make sure it is down "
+                      f"(power it off), flag it: salt-run cluster.node_modify {node} offline=True, "
+                      "then evacuate again")
+    return False
 
 
 def move_actions(record, new_primary, new_secondary, down=False, running=None):
@@ -123,71 +127,13 @@ def move_actions(record, new_primary, new_secondary, down=False, running=None):
     return actions
 
 
-def _migrate_steps(ctx, record, target):
-    """Live migration of ``record`` to ``target`` by the steps of :mod:`ops.moves` (drbd: to its secondary)."""
-    name, source, template = record["name"], record["primary"], record["template"]
-    dest = moves.endpoint(ctx, target)
-    migrate = ("migrate_domain", {
-        "source": source, "target": target, "instance": name, "template": template, "target_uri": dest["uri"],
-        "migrate_uri": f"tcp://{dest['address']}" if dest["address"] else None,
-        "copy_storage": template in COPY_STORAGE})
-    moved = ("update_instance", {"name": name, "primary": target})
-    if template in COPY_STORAGE:
-        return [*moves._source_disk_steps(ctx, record, source, target), migrate, moved,
-                *moves._remove_disk_steps(record, source)]
-    if template == "sharedfile":
-        return [migrate, moved]
-    drbd = {"instance": name, "count": len(record["disks"])}
-    return [*[("drbd_dual_primary", {"node": n, **drbd, "enabled": True}) for n in (source, target)],
-            ("drbd_role", {"node": target, **drbd, "role": "primary"}), migrate,
-            ("drbd_role", {"node": source, **drbd, "role": "secondary"}),
-            *[("drbd_dual_primary", {"node": n, **drbd, "enabled": False}) for n in (source, target)],
-            ("update_instance", {"name": name, "primary": target, "secondary": source})]
-
-
-def _restart(record, target):
-    if record["admin_state"] != "up":
-        return []
-    return [("start_domain", {"node": target, "instance": record["name"]}),
-            ("update_instance", {"name": record["name"], "admin_state": "up"})]
-
-
-def _failover_steps(ctx, record, target):
-    """Cold failover of ``record`` (sharedfile, drbd) off its down primary, by the steps of :mod:`ops.moves`.
-
-    The evacuated node is down or offline: the operator said so (``offline``) or it does not answer.
-    """
-    name, source = record["name"], record["primary"]
-    job_steps = [("release_old_primary", {"node": source, "instance": name, "ignore_consistency": True})]
-    if record["template"] == "drbd":
-        drbd = {"instance": name, "count": len(record["disks"])}
-        job_steps += [("drbd_role", {"node": source, **drbd, "role": "secondary", "skip_if_silent": True}),
-                      ("drbd_role", {"node": target, **drbd, "role": "primary"})]
-    moved = {"name": name, "primary": target, **({"secondary": source} if record["template"] == "drbd" else {})}
-    return [*job_steps, ("define_domain", {"node": target, "instance": name}), ("update_instance", moved),
-            *_restart(record, target)]
-
-
-def _cold_move_steps(ctx, record, target):
-    """Move of a stopped file/plain instance by copying its disks, by the steps of :mod:`ops.moves`."""
-    name, source = record["name"], record["primary"]
-    address = moves.endpoint(ctx, source)["address"]
-    if not address:
-        raise OpError(f"{moves.MIGRATION_OPTION}:address is not set in the minion config of {source}; set it, "
-                      f"then resume")
-    return [("stop_domain", {"node": source, "instance": name}),
-            *moves._source_disk_steps(ctx, record, source, target),
-            *[("copy_disk", {"source": source, "target": target, "instance": name, "index": index,
-                             "template": record["template"], "address": address})
-              for index in range(len(record["disks"]))],
-            ("define_domain", {"node": target, "instance": name}),
-            ("update_instance", {"name": name, "primary": target}),
-            ("undefine_domain", {"node": source, "instance": name}),
-            *moves._remove_disk_steps(record, source), *_restart(record, target)]
-
-
-ACTION_STEPS = {"migrate": _migrate_steps, "failover": _failover_steps, "move": _cold_move_steps,
-                "replace": lambda ctx, record, node: replace_disks_steps(ctx, record, node)}
+ACTION_STEPS = {
+    "migrate": moves.migrate_steps,
+    "move": moves.move_steps,
+    # only off a node the operator flagged offline (see evacuate): it is down
+    "failover": lambda ctx, record, node: moves.failover_steps(record, node, ignore_consistency=True),
+    "replace": lambda ctx, record, node: replace_disks_steps(ctx, record, node),
+}
 
 
 @step
@@ -202,7 +148,7 @@ def move_instance(ctx, instance, actions, journal):
     for number, (verb, node) in enumerate(actions):
         sub = ctx.store.job(f"{journal}.{number}")
         if sub is None:
-            sub_steps = [entry[:2] for entry in ACTION_STEPS[verb](ctx, ctx.store.instance(instance), node)]
+            sub_steps = ACTION_STEPS[verb](ctx, ctx.store.instance(instance), node)
             sub = {**new_job(verb, instance, sub_steps, []), "id": f"{journal}.{number}"}
             ctx.store.put_job(sub)
         if sub["state"] != "done":
@@ -242,7 +188,8 @@ def evacuate(ctx, node, mode="all", test=False):
 
     ``mode``: ``primary`` (its primaries), ``secondary`` (its DRBD secondaries) or
     ``all``. Primaries migrate live (copying the storage of file/plain), or fail
-    over when the node is down/offline and the template allows; secondaries are
+    over when the node is flagged offline (it is down: the operator says so) and the
+    template allows; a node that is silent without the flag is refused. Secondaries are
     re-mirrored. Instances that cannot move are reported with the planner's reason;
     the others still move.
     """
@@ -255,7 +202,7 @@ def evacuate(ctx, node, mode="all", test=False):
     failed = {inst.name: f"not a cluster instance (a domain on {node} the store does not know); "
                          "remove it by hand or add it to the cluster"
               for inst in cluster.instances if inst.primary == node and inst.name not in records}
-    down = _node_down(ctx, node)
+    down = _node_offline(ctx, node)
     chosen = []
     for record in sorted(records.values(), key=lambda r: r["name"]):
         on_node = (mode != "secondary" and record["primary"] == node) or (
