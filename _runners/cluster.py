@@ -63,7 +63,7 @@ def _fire(send, tag, data):
     """
     jid_event = globals().get("__jid_event__")
     if jid_event is not None and threading.current_thread() is threading.main_thread():
-        jid_event.fire_event({"message": data.get("message", tag)}, "progress")
+        jid_event.fire_event({"message": data.get("message", tag), "outputter": "cluster_progress"}, "progress")
     send(f"cluster/{tag}", data)
 
 
@@ -423,6 +423,7 @@ def move(name, target=None, shutdown_timeout=60, test=False):
         salt-run cluster.move 'web*' target=node3 test=True
     """
     return _each(move_ops.move, name, target=target, shutdown_timeout=shutdown_timeout, test=test)
+
 
 def balance(file=None, max_steps=-1, min_gain=0.01, copy_storage=True, execute=False, test=False):
     """
