@@ -5,6 +5,9 @@ import threading
 import salt.client
 
 DEFAULT_TIMEOUT = 60
+# After ``timeout``, Salt asks a node that has not returned whether it still runs the job and
+# waits this long for the answer (Salt's default, 10 s, is what a dead node costs every call).
+GATHER_JOB_TIMEOUT = 2
 
 
 class NodeError(Exception):
@@ -35,12 +38,14 @@ class NodeRPC:
         """``{node: return}`` for the nodes that answered within ``timeout`` seconds."""
         if not nodes:
             return {}
-        return self.client.cmd(sorted(nodes), fun, arg=list(args), kwarg=kwargs, tgt_type="list", timeout=timeout)
+        return self.client.cmd(sorted(nodes), fun, arg=list(args), kwarg=kwargs, tgt_type="list", timeout=timeout,
+                               gather_job_timeout=GATHER_JOB_TIMEOUT)
 
     def call_one(self, node, fun, *args, rpc_timeout=DEFAULT_TIMEOUT, **kwargs):
         """The return of ``fun`` on ``node``; raise :class:`NodeError` if it is silent or the call fails."""
         reply = self.client.cmd(
-            [node], fun, arg=list(args), kwarg=kwargs or None, tgt_type="list", timeout=rpc_timeout, full_return=True
+            [node], fun, arg=list(args), kwarg=kwargs or None, tgt_type="list", timeout=rpc_timeout, full_return=True,
+            gather_job_timeout=GATHER_JOB_TIMEOUT,
         ).get(node)
         if not isinstance(reply, dict):
             raise NodeError(node, fun, f"no answer within {rpc_timeout}s")
