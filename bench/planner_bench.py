@@ -3,9 +3,11 @@
 For each case (Ganeti's .data files with instances, then generated skewed
 clusters) runs ``hbal -t FILE -S PREFIX`` (if installed, under a time limit)
 and ``balance``, scores both .balanced files with Ganeti's ``hinfo`` and
-prints one table row. With ``--large`` it adds 200/2000 and 1000/10000 and
-reports, for 1000/10000, the balance time, one allocation's time (if the
-allocate module exists) and the peak memory.
+prints one table row; for the generated clusters up to 100/1000 the last
+column, for comparison, is the score of the exact search (every target
+scored, no linear shortlist or estimates). With ``--large`` it adds 200/2000
+and 1000/10000 and reports, for 1000/10000, the balance time, one
+allocation's time (if the allocate module exists) and the peak memory.
 
     python bench/planner_bench.py [--large] [--hbal-timeout 120] [--workdir DIR]
 """
@@ -31,6 +33,7 @@ GANETI = Path("/usr/lib/ganeti/3.0/usr/bin")
 CORPUS = Path("/work/shared/data/ganeti-htools")
 SIZES = [(20, 80), (60, 500), (100, 1000)]
 LARGE = [(200, 2000), (1000, 10000)]
+EXACT_CASES = {f"skewed {n}/{i}" for n, i in SIZES}
 MOVE_LINE = re.compile(r"^\s+\d+\. ", re.M)
 
 
@@ -110,6 +113,12 @@ def run_ours(path: Path, prefix: Path):
     return hinfo_score(out), len(result.moves), seconds
 
 
+def exact_score(path: Path) -> float:
+    """Final score of the search without the large-cluster approximations."""
+    cluster = htools.load(path)
+    return balance(cluster, shortlist=len(cluster.nodes), estimate_budget=sys.maxsize).final_score
+
+
 def cases(workdir: Path, large: bool):
     """(name, path) of every benchmark case, generated files written to ``workdir``."""
     for path in sorted(CORPUS.glob("*.data")):
@@ -139,7 +148,7 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     have_hbal = (GANETI / "hbal").exists()
     header = (f"{'case':34} {'hbal score':>12} {'mv':>5} {'s':>8}  {'ours score':>12} {'mv':>5} "
-              f"{'s':>8}  {'score ratio':>11} {'speed ratio':>11}")
+              f"{'s':>8}  {'score ratio':>11} {'speed ratio':>11} {'exact score':>12}")
     print(header)
     print("-" * len(header))
     for name, path in cases(workdir, args.large):
@@ -155,8 +164,10 @@ def main(argv=None) -> int:
         else:
             speed = ("> " if ref is None else "") + f"{ref_s / max(our_s, 1e-6):.1f}x"
         hbal_score = "timeout" if have_hbal and ref is None else fmt(ref, ".6f")
+        exact = exact_score(path) if name in EXACT_CASES else None
         print(f"{name:34} {hbal_score:>12} {fmt(ref_moves, 'd'):>5} {fmt(ref_s, '.2f'):>8}  "
-              f"{ours:12.6f} {our_moves:5d} {our_s:8.2f}  {ratio:>11} {speed:>11}", flush=True)
+              f"{ours:12.6f} {our_moves:5d} {our_s:8.2f}  {ratio:>11} {speed:>11} {fmt(exact, '.6f'):>12}",
+              flush=True)
     if args.large:
         report_large(workdir)
     return 0

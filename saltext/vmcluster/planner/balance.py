@@ -4,7 +4,9 @@ src/Ganeti/HTools/Cluster.hs tryBalance/checkMove, Cluster/Moves.hs, Node.hs).
 Each step picks, over every movable auto-balanced instance and every online
 target node of its group, the move that lowers the htools score most and
 passes Ganeti's hard checks; it stops when no move gains enough (min gain
-0.01 once the score is below the min-gain limit 0.1) or after ``max_steps``.
+0.01 once the score is below the min-gain limit 0.1; gains under
+``NOISE_GAIN``, float noise of the running sums, never count) or after
+``max_steps``.
 
 Differences from hbal, all for speed or reach:
 
@@ -16,9 +18,19 @@ Differences from hbal, all for speed or reach:
   instances in order of cached gain until the best one is current, and a
   full re-evaluation confirms the end of the search (below the budget every
   step re-evaluates every instance, as hbal does);
+* above ``estimate_budget`` as well, the first search order comes from a
+  linear estimate of every instance's best gain (one matrix product of the
+  instances' contributions against the gradient of the score w.r.t. each
+  node's aggregates) instead of a first exact pass: instances are scored
+  exactly when they reach the top, so the moves taken may differ from the
+  exact search's on near-ties;
 * in groups of more than ``shortlist`` online nodes, the exact evaluation of
-  an instance only covers the targets that score best for its new role on
-  the target alone;
+  an instance only covers ``shortlist_size`` targets per new role (primary,
+  secondary): those the same linear estimate ranks best among the targets
+  where the instance fits in memory (N+1 included) and disk. The estimate
+  leaves out the N+1 count, exclusion tags and locations, so a better
+  target outside the shortlist can be missed (on small clusters the moves
+  match the exact search's, tested);
 * all node groups are balanced in one search (moves never leave a group),
   against the score of the whole cluster; hbal balances one group a run;
 * with ``allow_copy_storage`` plain and file instances move by live
@@ -38,7 +50,7 @@ from saltext.vmcluster.planner.model import (
     Instance,
     _suffixes,
 )
-from saltext.vmcluster.planner.score import AGG, COLUMNS, METRICS, NodeLoads, ScoreState
+from saltext.vmcluster.planner.score import AGG, COLUMN, COLUMNS, METRICS, NodeLoads, ScoreState
 
 # Mirror types (Types.templateMirrorType) restricted to Ganeti's movable templates.
 INTERNAL_MIRROR = frozenset(("drbd",))
@@ -57,7 +69,11 @@ KIND_CODE = {kind: k for k, kind in enumerate(KINDS)}
 
 DEFAULT_MIN_GAIN, DEFAULT_MIN_GAIN_LIMIT, DEFAULT_MIN_SCORE = 0.01, 0.1, 1e-9
 DEFAULT_SHORTLIST = 48
+DEFAULT_SHORTLIST_SIZE = 8
+# Gains below this are float noise of the running sums (moves between like nodes).
+NOISE_GAIN = 1e-9
 DEFAULT_EXACT_BUDGET = 5000
+DEFAULT_ESTIMATE_BUDGET = 1_000_000
 RESERVED_MEM_RTOTAL = next(m.weight for m in METRICS if m.name == "reserved_mem_rtotal")
 
 
@@ -184,11 +200,13 @@ class Balancer:
     """Incremental state of one balancing run over a (copied) cluster."""
 
     def __init__(self, cluster: Cluster, allow_copy_storage: bool = False,
-                 shortlist: int = DEFAULT_SHORTLIST):
+                 shortlist: int = DEFAULT_SHORTLIST, shortlist_size: int = DEFAULT_SHORTLIST_SIZE):
         self.cluster = cluster
-        self.shortlist = shortlist
+        self.shortlist, self.shortlist_size = shortlist, shortlist_size
         self.loads = loads = NodeLoads(cluster)
         self.state = ScoreState.from_loads(loads)
+        self._sens: Optional[np.ndarray] = None
+        self._row_grad = np.zeros(0)
         nodes, insts = cluster.nodes, cluster.instances
         self.online = ~loads.offline
         self.rmax = loads.peers.max(axis=1) if nodes else np.zeros(0)
@@ -217,6 +235,7 @@ class Balancer:
         self.inst_loc = np.array([as_row(t) for t in loads.desired]).reshape(len(insts), -1)
         # Targets: the online nodes of each group; movable instances.
         group_of = np.array([n.group for n in nodes])
+        self.group_id = np.unique(group_of, return_inverse=True)[1]
         self.targets = {g: np.flatnonzero((group_of == g) & self.online) for g in groups}
         self.mirror = [_mirror(inst, allow_copy_storage) for inst in insts]
         self.movable = [
@@ -225,6 +244,22 @@ class Balancer:
             and (inst.secondary is None or nodes[loads.index[inst.secondary]].group
                  == nodes[loads.index[inst.primary]].group)
         ]
+        self._jacobian = self._row_jacobian()
+
+    def _row_jacobian(self) -> np.ndarray:
+        """d row / d aggregate per node (nodes x COLUMNS x AGG); rows are affine in
+        the aggregates except the N+1 count, whose (step) column is left at 0."""
+        loads = self.loads
+        n = len(loads.t_mem)
+        sel, r_mem, conflicts = np.arange(n), self.rmax, self.conflicts
+        base = loads.rows_of(sel, loads.agg, r_mem, conflicts)
+        jac = np.empty((n, len(COLUMNS), len(AGG)))
+        for a in range(len(AGG)):
+            agg = loads.agg.copy()
+            agg[:, a] += 1.0
+            jac[:, :, a] = loads.rows_of(sel, agg, r_mem, conflicts) - base
+        jac[:, COLUMN["n1_cnt"], :] = 0.0
+        return np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0)
 
     def unalloc(self, sel, agg: np.ndarray) -> np.ndarray:
         """Unallocated memory of nodes ``sel`` with aggregates ``agg`` (Node.unallocatedMem)."""
@@ -383,27 +418,69 @@ class Balancer:
         totals = self.state.slot_totals(slots, rows) + self._map_deltas(i, cand)
         return np.where(self._illegal(i, cand, state), np.inf, totals)
 
-    def _shortlist(self, i: int, targets: np.ndarray) -> np.ndarray:
-        """The targets scoring best for the instance's new role on the target alone."""
-        keep = set()
-        kinds = {"internal": (REPLACE_SECONDARY, REPLACE_AND_FAILOVER),
-                 "external": (FAILOVER_TO_ANY,), "copy": (COPY,)}[self.mirror[i]]
-        for kind in kinds:
-            cand = self._single_kind(i, targets, kind)
-            scores = self._score(i, cand)
-            keep.update(targets[np.argsort(scores, kind="stable")[: self.shortlist]].tolist())
-        return np.array(sorted(keep), dtype=int)
+    def _sensitivity(self) -> np.ndarray:
+        """Linear score change per unit of each aggregate on each node (nodes x AGG).
 
-    def _single_kind(self, i: int, targets: np.ndarray, kind: str) -> _Candidates:
-        """Candidates of one kind with only the target slot live."""
-        pri = self.loads.placement[i][0]
-        k = len(targets)
-        new_pri = targets if kind in (REPLACE_AND_FAILOVER, FAILOVER_TO_ANY, COPY) else np.full(k, pri)
-        new_sec = targets if kind == REPLACE_SECONDARY else np.full(k, -1)
-        slots = np.stack([targets, np.full(k, pri), np.full(k, pri)], axis=1)
-        pad = np.zeros((k, 3), bool)
-        pad[:, 1:] = True
-        return _Candidates(np.full(k, KIND_CODE[kind]), new_pri, new_sec, slots, pad)
+        The gradient of the score w.r.t. each node's metric row, through the
+        (affine) map from aggregates to rows; cached until the next move.
+        """
+        if self._sens is None:
+            state = self.state
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = state.s1 / state.count
+                std = np.sqrt(np.maximum(0.0, state.s2 / state.count - mean * mean))
+                cv_grad = (state.rows - state.shift - mean) / (state.count * std)
+            grad = np.where(state.is_cv, np.nan_to_num(cv_grad, nan=0.0, posinf=0.0, neginf=0.0), 1.0)
+            self._row_grad = np.where(state.member, grad * state.weights, 0.0)
+            self._sens = np.einsum("nc,nca->na", self._row_grad, self._jacobian)
+        return self._sens
+
+    def _shortlist(self, i: int, targets: np.ndarray) -> np.ndarray:
+        """The ``shortlist_size`` targets per new role (primary, secondary) ranked best
+        by the linearised score change, legal for memory and disk on the target alone."""
+        loads = self.loads
+        sens = self._sensitivity()[targets]
+        unalloc = self.unalloc(targets, loads.agg[targets])
+        free_dsk = loads.dsk_world[targets] - loads.agg[targets, AGG["used_dsk"]]
+        grow = lambda contrib: free_dsk - contrib[AGG["used_dsk"]] <= 0  # noqa: E731
+        gain_p = sens @ loads.pri_contrib[i]
+        bad_p = (unalloc - loads.pri_contrib[i, AGG["i_mem"]] <= self.rmax[targets]) & ~self.fail_n1[targets]
+        ranked = [np.where(bad_p | grow(loads.pri_contrib[i]), np.inf, gain_p)]
+        if self.mirror[i] == "internal":
+            pri = loads.placement[i][0]
+            r_new = np.maximum(self.rmax[targets], loads.peers[targets, pri] + loads.sec_mem[i])
+            reserved = self._row_grad[targets][:, [COLUMN["reserved_mem_cv"], COLUMN["reserved_mem_rtotal"]]]
+            gain_s = (sens @ loads.sec_contrib[i]
+                      + reserved.sum(1) * (r_new - self.rmax[targets]) / loads.t_mem[targets])
+            bad_s = (unalloc <= r_new) & ~self.fail_n1[targets]
+            ranked.append(np.where(bad_s | grow(loads.sec_contrib[i]), np.inf, gain_s))
+        k = min(self.shortlist_size, len(targets))
+        keep = np.concatenate([np.argsort(r, kind="stable")[:k] for r in ranked])
+        return targets[np.unique(keep)]
+
+    def estimates(self, instances: Sequence[int], chunk: int = 1024) -> np.ndarray:
+        """Linearised score change of each instance's best move (an order to search in).
+
+        One matrix product of the instances' contributions against the node
+        sensitivities per role; targets are the online nodes of the group.
+        """
+        loads, sens = self.loads, self._sensitivity()
+        out = np.empty(len(instances))
+        for start in range(0, len(instances), chunk):
+            part = np.asarray(instances[start:start + chunk], dtype=int)
+            pri, sec = loads.placement[part].T
+            rows = np.arange(len(part))
+            outside = ~self.online[None, :] | (self.group_id[None, :] != self.group_id[pri][:, None])
+            as_pri = loads.pri_contrib[part] @ sens.T
+            as_sec = loads.sec_contrib[part] @ sens.T
+            best = np.where(outside, np.inf, as_pri).min(1) - as_pri[rows, pri]
+            internal = sec >= 0
+            s = np.where(internal, sec, pri)
+            replace_sec = np.where(outside, np.inf, as_sec).min(1) - as_sec[rows, s]
+            failover = as_pri[rows, s] - as_pri[rows, pri] + as_sec[rows, pri] - as_sec[rows, s]
+            best = np.where(internal, np.minimum(best, np.minimum(replace_sec, failover)), best)
+            out[start:start + len(part)] = best
+        return out
 
     def best_move(self, i: int) -> Tuple[float, int, int, int]:
         """(score after, kind code, new primary, new secondary) of the instance's best move."""
@@ -434,6 +511,7 @@ class Balancer:
         self.conflicts[touched] = np.maximum(self.tag_count[touched] - 1, 0).sum(axis=1)
         self.rmax[touched] = loads.peers[touched].max(axis=1)
         self.fail_n1[touched] = self.unalloc(touched, loads.agg[touched]) <= self.rmax[touched]
+        self._sens = None
         names = self.cluster.nodes
         self.cluster.relocate(self.cluster.instances[i], names[pri].name,
                               names[sec].name if sec >= 0 else None)
@@ -442,7 +520,8 @@ class Balancer:
 def balance(cluster: Cluster, max_steps: int = -1, min_gain: float = DEFAULT_MIN_GAIN,
             min_gain_limit: float = DEFAULT_MIN_GAIN_LIMIT, allow_copy_storage: bool = False,
             min_score: float = DEFAULT_MIN_SCORE, shortlist: int = DEFAULT_SHORTLIST,
-            exact_budget: int = DEFAULT_EXACT_BUDGET,
+            shortlist_size: int = DEFAULT_SHORTLIST_SIZE,
+            exact_budget: int = DEFAULT_EXACT_BUDGET, estimate_budget: int = DEFAULT_ESTIMATE_BUDGET,
             progress: Optional[Callable[[int, float], None]] = None) -> BalanceResult:
     """Balance a cluster like hbal; the input is not modified.
 
@@ -450,17 +529,20 @@ def balance(cluster: Cluster, max_steps: int = -1, min_gain: float = DEFAULT_MIN
     after every move.
     """
     work = deepcopy(cluster)
-    bal = Balancer(work, allow_copy_storage=allow_copy_storage, shortlist=shortlist)
+    bal = Balancer(work, allow_copy_storage=allow_copy_storage, shortlist=shortlist,
+                   shortlist_size=shortlist_size)
     initial = bal.state.total
     moves: List[Move] = []
     optimum = optimal_score(bal.loads)
     if initial - optimum < min_score:  # hbal: "Cluster is already well balanced"
         return BalanceResult(work, moves, initial, initial)
     stop_at = optimum + min_score
-    search = _LazySearch(bal, exact=len(bal.movable) * len(work.nodes) <= exact_budget)
+    size = len(bal.movable) * len(work.nodes)
+    search = _LazySearch(bal, exact=size <= exact_budget,
+                         estimate=size > max(exact_budget, estimate_budget))
     while (max_steps < 0 or len(moves) < max_steps) and bal.state.total > stop_at:
         current = bal.state.total
-        accept = lambda total: total < current and (  # noqa: E731
+        accept = lambda total: total < current - NOISE_GAIN and (  # noqa: E731
             current > min_gain_limit or current - total >= min_gain)
         found = search.next_move(accept)
         if found is None:
@@ -480,14 +562,20 @@ def balance(cluster: Cluster, max_steps: int = -1, min_gain: float = DEFAULT_MIN
 class _LazySearch:
     """Lazy greedy over cached per-instance best moves (see the module doc)."""
 
-    def __init__(self, bal: Balancer, exact: bool):
+    def __init__(self, bal: Balancer, exact: bool, estimate: bool):
         self.bal, self.exact = bal, exact
         self.version = 0
         self.heap: List[Tuple[float, int, int]] = []
         self.best: Dict[int, Tuple[float, int, int, int]] = {}
         self.stamp: Dict[int, int] = {}
         self.full_version = -1
-        self.refresh(bal.movable)
+        if not estimate:
+            self.refresh(bal.movable)
+        else:  # search order from the linear estimates; exact scores when popped
+            for i, delta in zip(bal.movable, bal.estimates(bal.movable)):
+                self.stamp[i] = -1
+                self.heap.append((float(delta), i, -1))
+            heapq.heapify(self.heap)
 
     def refresh(self, instances: Sequence[int]) -> None:
         """Re-evaluate instances at the current state."""

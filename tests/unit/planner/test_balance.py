@@ -83,6 +83,32 @@ def test_vectorised_scores_equal_full_recompute_for_every_kind(seed):
             FAILOVER_AND_REPLACE, FAILOVER_TO_ANY, COPY} <= seen
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_gradient_shortlist_gives_the_exact_moves_on_small_clusters(seed):
+    # shortlist=0 forces the large-group path: 4 targets per role out of 10
+    cluster = random_cluster(np.random.default_rng(seed), 12, 60)
+    exact, fast = balance(cluster), balance(cluster, shortlist=0, shortlist_size=4)
+    assert fast.moves == exact.moves
+    assert fast.final_score == exact.final_score
+
+
+def test_linear_estimates_are_optimistic_and_order_the_lazy_search():
+    rng = np.random.default_rng(9)
+    nodes = [node(f"n{k}", mem=65536, free=65536, disk=1000000) for k in range(12)]
+    instances = [inst(f"i{k}", f"n{rng.integers(3)}", f"n{3 + rng.integers(9)}", template="drbd",
+                      mem=int(rng.choice([512, 2048])), disk=int(rng.choice([5000, 20000])))
+                 for k in range(60)]
+    cluster = loaded(nodes, instances)
+    bal = Balancer(cluster, shortlist=0)
+    current = bal.state.total
+    exact = np.array([bal.best_move(i)[0] - current for i in bal.movable])
+    estimates = bal.estimates(bal.movable, chunk=7)
+    assert np.all(estimates <= exact + 1e-9)  # first order: optimistic
+    assert np.corrcoef(estimates, exact)[0, 1] > 0.9
+    ordered = balance(cluster, exact_budget=0, estimate_budget=0)
+    assert ordered.moves and ordered.final_score < ordered.initial_score / 10
+
+
 def test_corpus_runs_use_every_drbd_and_shared_move_type():
     kinds = set()
     for path in CORPUS_FILES:
