@@ -70,7 +70,8 @@ def _fire(send, tag, data):
 def _context():
     return engine.Context(store=Store.from_opts(__opts__), rpc=NodeRPC(__opts__), cfg=_config(),
                           fire=functools.partial(_fire, __salt__["event.send"]),
-                          lock_timeout=float(__opts__.get("vmcluster_lock_timeout", DEFAULT_LOCK_TIMEOUT)))
+                          lock_timeout=float(__opts__.get("vmcluster_lock_timeout", DEFAULT_LOCK_TIMEOUT)),
+                          max_parallel=int(__opts__.get("vmcluster_max_parallel", engine.DEFAULT_MAX_PARALLEL)))
 
 
 def _operate(func, *args, **kwargs):

@@ -6,8 +6,9 @@ import salt.client
 
 DEFAULT_TIMEOUT = 60
 # After ``timeout``, Salt asks a node that has not returned whether it still runs the job and
-# waits this long for the answer (Salt's default, 10 s, is what a dead node costs every call).
-GATHER_JOB_TIMEOUT = 2
+# waits this long for the answer (Salt's default, 10 s, is what a dead node costs every call;
+# a busy node still answers within a few seconds).
+GATHER_JOB_TIMEOUT = 5
 
 
 class NodeError(Exception):

@@ -99,3 +99,23 @@ def test_steps_of_one_set_run_in_parallel(ctx):
     assert time.monotonic() - started < 1.0  # 4 × 0.3 s in sequence would be 1.2 s
     assert len({c[2] for c in CALLS if c[0] == "slow"}) > 1
     assert CALLS[-1] == ("record", 0)  # the next set waited for the whole first set
+
+
+def test_a_failing_event_sink_fails_the_step_not_the_journal(ctx):
+    def broken(tag, data):
+        if tag.endswith("/step"):
+            raise RuntimeError("event bus gone")
+
+    ctx.fire = broken
+    job = engine.new_job("add", "web1", [("_t_record", {"value": 1})], [])
+    with pytest.raises(engine.OpError, match="failed at step _t_record: event bus gone"):
+        engine.run(ctx, job)
+    assert ctx.store.job(job["id"])["steps"][0]["state"] == "failed"
+
+
+def test_parallelism_is_bounded_by_the_context(ctx):
+    ctx.max_parallel = 1
+    job = engine.new_job("evacuate", "node1", [("_t_slow", {"name": f"vm{i}"}, 0) for i in range(3)], [])
+    started = time.monotonic()
+    engine.run(ctx, job)
+    assert time.monotonic() - started >= 0.9  # one at a time

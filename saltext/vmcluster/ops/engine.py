@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from saltext.vmcluster.store import DEFAULT_LOCK_TIMEOUT
 
 STEPS = {}
-MAX_PARALLEL = 8
+DEFAULT_MAX_PARALLEL = 8
 
 
 class OpError(Exception):
@@ -41,6 +41,7 @@ class Context:
     cfg: object
     fire: object = None  # fire(tag_suffix, data)
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    max_parallel: int = DEFAULT_MAX_PARALLEL  # steps of one set running at once
     extra: dict = field(default_factory=dict)
 
     def event(self, tag, data):
@@ -104,11 +105,11 @@ def _run_step(journal, index):
     ctx, job = journal.ctx, journal.job
     entry = job["steps"][index]
     journal.update(entry, state="running", started=time.time())
-    ctx.event(f"op/{job['operation']}/step", {
-        "job": job["id"], "step": index + 1, "of": len(job["steps"]), "name": entry["name"],
-        "message": f"{job['operation']} {job['target']}: step {index + 1}/{len(job['steps'])} {describe(entry)}",
-    })
     try:
+        ctx.event(f"op/{job['operation']}/step", {
+            "job": job["id"], "step": index + 1, "of": len(job["steps"]), "name": entry["name"],
+            "message": f"{job['operation']} {job['target']}: step {index + 1}/{len(job['steps'])} {describe(entry)}",
+        })
         result = STEPS[entry["name"]](ctx, **entry["args"])
     except Exception as exc:  # pylint: disable=broad-except
         journal.update(entry, state="failed", error=str(exc))
@@ -123,7 +124,7 @@ def _execute(journal):
         if len(todo) == 1:
             _run_step(journal, todo[0])
         elif todo:
-            with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(todo))) as pool:
+            with ThreadPoolExecutor(max_workers=min(journal.ctx.max_parallel, len(todo))) as pool:
                 failures = [f.exception() for f in [pool.submit(_run_step, journal, i) for i in todo]]
             failures = [f for f in failures if f]
             if failures:
@@ -144,8 +145,8 @@ def run(ctx, job):
         try:
             _execute(journal)
         except Exception as exc:  # pylint: disable=broad-except
-            failed = next(s for s in job["steps"] if s["state"] == "failed")
-            message = (f"{job['operation']} {job['target']} failed at step {failed['name']}: {exc}. "
+            failed = next((s["name"] for s in job["steps"] if s["state"] == "failed"), "(between steps)")
+            message = (f"{job['operation']} {job['target']} failed at step {failed}: {exc}. "
                        f"Fix the cause, then: salt-run cluster.resume {job['id']}")
             journal.update(job, state="failed", error=message)
             ctx.event(f"op/{job['operation']}/failed", {"job": job["id"], "error": message, "message": message})
