@@ -44,3 +44,13 @@ def test_setup_cfg_lists_every_python_package_and_loader_folder():
     assert set(mapped) == kinds
     for folder in mapped.values():
         assert (REPO / folder).is_dir()
+
+
+def test_test_files_have_unique_basenames():
+    """pytest imports test files by basename: a unit and a lab test of one name break collection."""
+    seen = {}
+    for path in (REPO / "tests").rglob("test_*.py"):
+        if (path.parent / "__init__.py").exists():
+            continue  # inside a package the module name is qualified
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
+        seen[path.name] = path
