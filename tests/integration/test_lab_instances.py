@@ -12,15 +12,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from saltext.vmcluster.store import Store
 
 BIN = Path(sys.executable).parent
 SMALL = {"memory": "64M", "disks": "256M"}
-
-
-@pytest.fixture(scope="module")
-def store(lab):
-    return Store.from_opts(lab.master_opts())
 
 
 def running_on(lab):
@@ -52,15 +46,6 @@ def defined_on(lab, name):
 
 def op(runner, fun, *args, **kwargs):
     return runner.cmd(f"cluster.{fun}", list(args), kwarg=kwargs, print_event=False)
-
-
-@pytest.fixture
-def cleanup(runner, store):
-    names = []
-    yield names
-    for name in names:
-        if store.instance(name):
-            op(runner, "remove", name)
 
 
 def test_life_cycle_of_a_file_instance(lab, runner, store, cleanup):
