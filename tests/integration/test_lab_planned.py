@@ -7,7 +7,7 @@ it if one instance ever runs on two nodes at once.
 import os
 
 import pytest
-from test_ops_moves import NO_DRBD, add, domains, file_disk, has_pattern, op, where, write_pattern
+from test_lab_moves import NO_DRBD, add, domains, file_disk, has_pattern, op, where, write_pattern
 
 HTOOLS = "/work/shared/data/ganeti-htools"
 
