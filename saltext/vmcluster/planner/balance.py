@@ -23,7 +23,10 @@ Differences from hbal, all for speed or reach:
   instances' contributions against the gradient of the score w.r.t. each
   node's aggregates) instead of a first exact pass: instances are scored
   exactly when they reach the top, so the moves taken may differ from the
-  exact search's on near-ties;
+  exact search's on near-ties; the pass confirming the end of the search
+  only re-evaluates the instances on, or with a cached move to, a node
+  moved since the last such pass (the others' cached gains have only
+  drifted with the cluster's means);
 * in groups of more than ``shortlist`` online nodes, the exact evaluation of
   an instance only covers ``shortlist_size`` targets per new role (primary,
   secondary): those the same linear estimate ranks best among the targets
@@ -206,7 +209,7 @@ class Balancer:
         self.loads = loads = NodeLoads(cluster)
         self.state = ScoreState.from_loads(loads)
         self._sens: Optional[np.ndarray] = None
-        self._row_grad = np.zeros(0)
+        self._reserved_sens, self._free = np.zeros(0), (np.zeros(0), np.zeros(0))
         nodes, insts = cluster.nodes, cluster.instances
         self.online = ~loads.offline
         self.rmax = loads.peers.max(axis=1) if nodes else np.zeros(0)
@@ -363,7 +366,7 @@ class Balancer:
         off_p, off_s = bool(loads.offline[pri]), bool(sec >= 0 and loads.offline[sec])
         # re-adding the instance to its own primary (replace-secondary) is forced
         force_pri = np.where(cand.kinds == KIND_CODE[REPLACE_AND_FAILOVER], False, off_p)[:, None] | old_pri
-        force_sec = np.isin(cand.kinds, [KIND_CODE[REPLACE_SECONDARY], KIND_CODE[REPLACE_AND_FAILOVER]])
+        force_sec = (cand.kinds == KIND_CODE[REPLACE_SECONDARY]) | (cand.kinds == KIND_CODE[REPLACE_AND_FAILOVER])
         force_sec = np.where(force_sec, off_s, off_p)[:, None]
         ignore_disks = ((cand.kinds == KIND_CODE[FAILOVER]) & off_p)[:, None]
         local = inst.uses_local_storage
@@ -422,40 +425,42 @@ class Balancer:
         """Linear score change per unit of each aggregate on each node (nodes x AGG).
 
         The gradient of the score w.r.t. each node's metric row, through the
-        (affine) map from aggregates to rows; cached until the next move.
+        (affine) map from aggregates to rows; cached with the nodes' free
+        memory and disk until the next move.
         """
         if self._sens is None:
-            state = self.state
+            state, loads = self.state, self.loads
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = state.s1 / state.count
                 std = np.sqrt(np.maximum(0.0, state.s2 / state.count - mean * mean))
                 cv_grad = (state.rows - state.shift - mean) / (state.count * std)
             grad = np.where(state.is_cv, np.nan_to_num(cv_grad, nan=0.0, posinf=0.0, neginf=0.0), 1.0)
-            self._row_grad = np.where(state.member, grad * state.weights, 0.0)
-            self._sens = np.einsum("nc,nca->na", self._row_grad, self._jacobian)
+            row_grad = np.where(state.member, grad * state.weights, 0.0)
+            self._sens = np.einsum("nc,nca->na", row_grad, self._jacobian)
+            reserved = row_grad[:, [COLUMN["reserved_mem_cv"], COLUMN["reserved_mem_rtotal"]]].sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._reserved_sens = np.nan_to_num(reserved / loads.t_mem)
+            self._free = (self.unalloc(slice(None), loads.agg),
+                          loads.dsk_world - loads.agg[:, AGG["used_dsk"]])
         return self._sens
 
     def _shortlist(self, i: int, targets: np.ndarray) -> np.ndarray:
         """The ``shortlist_size`` targets per new role (primary, secondary) ranked best
         by the linearised score change, legal for memory and disk on the target alone."""
         loads = self.loads
-        sens = self._sensitivity()[targets]
-        unalloc = self.unalloc(targets, loads.agg[targets])
-        free_dsk = loads.dsk_world[targets] - loads.agg[targets, AGG["used_dsk"]]
-        grow = lambda contrib: free_dsk - contrib[AGG["used_dsk"]] <= 0  # noqa: E731
-        gain_p = sens @ loads.pri_contrib[i]
-        bad_p = (unalloc - loads.pri_contrib[i, AGG["i_mem"]] <= self.rmax[targets]) & ~self.fail_n1[targets]
-        ranked = [np.where(bad_p | grow(loads.pri_contrib[i]), np.inf, gain_p)]
+        sens = self._sensitivity()
+        unalloc, free_dsk = self._free
+        exempt = self.fail_n1
+        pri_c, sec_c = loads.pri_contrib[i], loads.sec_contrib[i]
+        bad_p = ((unalloc - pri_c[AGG["i_mem"]] <= self.rmax) & ~exempt) | (free_dsk <= pri_c[AGG["used_dsk"]])
+        ranked = [np.where(bad_p, np.inf, sens @ pri_c)]
         if self.mirror[i] == "internal":
-            pri = loads.placement[i][0]
-            r_new = np.maximum(self.rmax[targets], loads.peers[targets, pri] + loads.sec_mem[i])
-            reserved = self._row_grad[targets][:, [COLUMN["reserved_mem_cv"], COLUMN["reserved_mem_rtotal"]]]
-            gain_s = (sens @ loads.sec_contrib[i]
-                      + reserved.sum(1) * (r_new - self.rmax[targets]) / loads.t_mem[targets])
-            bad_s = (unalloc <= r_new) & ~self.fail_n1[targets]
-            ranked.append(np.where(bad_s | grow(loads.sec_contrib[i]), np.inf, gain_s))
+            r_new = np.maximum(self.rmax, loads.peers[:, loads.placement[i][0]] + loads.sec_mem[i])
+            gain_s = sens @ sec_c + self._reserved_sens * (r_new - self.rmax)
+            bad_s = ((unalloc <= r_new) & ~exempt) | (free_dsk <= sec_c[AGG["used_dsk"]])
+            ranked.append(np.where(bad_s, np.inf, gain_s))
         k = min(self.shortlist_size, len(targets))
-        keep = np.concatenate([np.argsort(r, kind="stable")[:k] for r in ranked])
+        keep = np.concatenate([np.argpartition(r[targets], k - 1)[:k] for r in ranked])
         return targets[np.unique(keep)]
 
     def estimates(self, instances: Sequence[int], chunk: int = 1024) -> np.ndarray:
@@ -499,8 +504,8 @@ class Balancer:
 
     # -- applying moves -------------------------------------------------------------
 
-    def apply(self, i: int, pri: int, sec: int) -> None:
-        """Carry out a move in the score state and the cluster."""
+    def apply(self, i: int, pri: int, sec: int) -> List[int]:
+        """Carry out a move in the score state and the cluster; the nodes it touched."""
         loads = self.loads
         old_pri = loads.placement[i][0]
         touched = loads.move(i, pri, sec)
@@ -515,6 +520,7 @@ class Balancer:
         names = self.cluster.nodes
         self.cluster.relocate(self.cluster.instances[i], names[pri].name,
                               names[sec].name if sec >= 0 else None)
+        return touched
 
 
 def balance(cluster: Cluster, max_steps: int = -1, min_gain: float = DEFAULT_MIN_GAIN,
@@ -550,10 +556,10 @@ def balance(cluster: Cluster, max_steps: int = -1, min_gain: float = DEFAULT_MIN
         i, (total, kind, pri, sec) = found
         inst = work.instances[i]
         old = (inst.primary, inst.secondary)
-        bal.apply(i, pri, sec)
+        touched = bal.apply(i, pri, sec)
         moves.append(Move(inst.name, KINDS[kind], old[0], old[1], inst.primary, inst.secondary,
                           bal.state.total, running=inst.uses_memory))
-        search.moved()
+        search.moved(touched)
         if progress:
             progress(len(moves), bal.state.total)
     return BalanceResult(work, moves, initial, bal.state.total)
@@ -563,12 +569,16 @@ class _LazySearch:
     """Lazy greedy over cached per-instance best moves (see the module doc)."""
 
     def __init__(self, bal: Balancer, exact: bool, estimate: bool):
-        self.bal, self.exact = bal, exact
-        self.version = 0
+        self.bal, self.exact, self.estimate = bal, exact, estimate
+        self.version, self.current = 0, bal.state.total
         self.heap: List[Tuple[float, int, int]] = []
         self.best: Dict[int, Tuple[float, int, int, int]] = {}
         self.stamp: Dict[int, int] = {}
         self.full_version = -1
+        # with estimates: instances whose placement or cached move touches a
+        # moved node since the last confirming pass, and the cached move's nodes
+        self.dirty: set = set()
+        self.move_nodes = np.full((len(bal.cluster.instances), 2), -1)
         if not estimate:
             self.refresh(bal.movable)
         else:  # search order from the linear estimates; exact scores when popped
@@ -579,32 +589,42 @@ class _LazySearch:
 
     def refresh(self, instances: Sequence[int]) -> None:
         """Re-evaluate instances at the current state."""
-        current = self.bal.state.total
+        current = self.current
         for i in instances:
             self.best[i] = self.bal.best_move(i)
             self.stamp[i] = self.version
+            self.move_nodes[i] = self.best[i][2:]
             heapq.heappush(self.heap, (self.best[i][0] - current, i, self.version))
 
-    def moved(self) -> None:
+    def moved(self, touched: List[int]) -> None:
         """After a move: every cached move is stale (re-evaluated now if exact)."""
-        self.version += 1
+        self.version, self.current = self.version + 1, self.bal.state.total
         if self.exact:
             self.heap = []
             self.refresh(self.bal.movable)
             self.full_version = self.version
+        elif self.estimate:
+            hit = np.zeros(len(self.bal.loads.t_mem) + 1, bool)  # the last entry: node -1
+            hit[touched] = True
+            near = hit[self.bal.loads.placement].any(1) | hit[self.move_nodes].any(1)
+            self.dirty.update(np.flatnonzero(near).tolist())
 
     def next_move(self, accept: Callable[[float], bool]):
-        """The best current move passing ``accept``, or None; confirms with a full pass."""
+        """The best current move passing ``accept``, or None; confirms with a full pass
+        (with estimates: a pass over the instances near the nodes moved since the last)."""
         found = self._pop(accept)
         if found is None and self.full_version != self.version:
-            self.heap = []
-            self.refresh(self.bal.movable)
+            if self.estimate:
+                self.refresh(sorted(self.dirty.intersection(self.stamp)))
+                self.dirty.clear()
+            else:
+                self.heap = []
+                self.refresh(self.bal.movable)
             self.full_version = self.version
             found = self._pop(accept)
         return found
 
     def _pop(self, accept: Callable[[float], bool]):
-        current = self.bal.state.total
         while self.heap:
             delta, i, version = self.heap[0]
             if version != self.stamp[i]:
