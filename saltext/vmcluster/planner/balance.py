@@ -283,10 +283,10 @@ class Balancer:
         kinds = DRBD_TARGET_KINDS if use_sec else DRBD_TARGET_KINDS[:2]
         codes = np.tile([KIND_CODE[k] for k in kinds], len(targets))
         tgt = np.repeat(targets, len(kinds))
-        new_pri = np.select([codes == KIND_CODE[REPLACE_SECONDARY], codes == KIND_CODE[FAILOVER_AND_REPLACE]],
-                            [pri, sec], tgt)
-        new_sec = np.select([codes == KIND_CODE[REPLACE_SECONDARY], codes == KIND_CODE[REPLACE_AND_FAILOVER],
-                             codes == KIND_CODE[REPLACE_PRIMARY]], [tgt, pri, sec], tgt)
+        # per target T, in DRBD_TARGET_KINDS order: r:T, r:T f, f r:T f, f r:T
+        on_pri, on_sec = np.full(len(targets), pri), np.full(len(targets), sec)
+        new_pri = np.stack((on_pri, targets, targets, on_sec)[:len(kinds)], axis=1).ravel()
+        new_sec = np.stack((targets, on_pri, on_sec, targets)[:len(kinds)], axis=1).ravel()
         slots = np.stack([np.full(len(tgt), pri), np.full(len(tgt), sec), tgt], axis=1)
         pad = np.zeros(slots.shape, bool)
         if use_sec:  # failover first, as hbal tries it before the target nodes
