@@ -128,9 +128,10 @@ def test_a_locked_instance_waits_or_is_refused_naming_the_holder(lab, runner, st
     cleanup.append("lock1")
     assert op(runner, "add", "lock1", template="sharedfile", **SMALL)["state"] == "done"
     with store.locked(["instance/lock1"], {"job": "TESTJOB", "operation": "migrate"}):
-        out = subprocess.run([sys.executable, "-c", IMPATIENT_RUNNER, str(lab.dir), "cluster.stop", "lock1"],
-                             capture_output=True, text=True, check=True, timeout=60).stdout
-    ret = json.loads(out.strip().splitlines()[-1])
+        proc = subprocess.run([sys.executable, "-c", IMPATIENT_RUNNER, str(lab.dir), "cluster.stop", "lock1"],
+                              capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ret = json.loads(proc.stdout.strip().splitlines()[-1])
     assert ret["retcode"] == 1
     assert "instance/lock1 is locked by job TESTJOB (migrate, pid" in ret["error"]
     assert store.instance("lock1")["admin_state"] == "up"  # nothing changed
