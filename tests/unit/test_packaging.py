@@ -1,6 +1,9 @@
 """The installed package ships every loader module and Salt finds them through the entry point."""
 
 import configparser
+import json
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -54,3 +57,13 @@ def test_test_files_have_unique_basenames():
             continue  # inside a package the module name is qualified
         assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
         seen[path.name] = path
+
+
+def test_loader_dirs_from_a_source_checkout():
+    """Python started in the repo imports the checkout's package, which has no mapped loader packages."""
+    out = subprocess.run(
+        [sys.executable, "-c", "from saltext.vmcluster.loader import loader_dirs; import json; print(json.dumps(loader_dirs()))"],
+        cwd=REPO, capture_output=True, text=True, check=True).stdout
+    dirs = json.loads(out)
+    assert set(dirs) == set(loader.LOADER_KINDS)
+    assert any((Path(d) / "cluster.py").is_file() for d in dirs["runners"])
