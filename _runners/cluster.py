@@ -185,8 +185,9 @@ def remove(name, test=False):
     .. code-block:: bash
 
         salt-run cluster.remove web1
+        salt-run cluster.remove 'test*'
     """
-    return _operate(instance_ops.remove, name, test=test)
+    return _each(instance_ops.remove, name, test=test)
 
 
 def start(name, test=False):
@@ -198,8 +199,9 @@ def start(name, test=False):
     .. code-block:: bash
 
         salt-run cluster.start web1
+        salt-run cluster.start 'web*,db1'
     """
-    return _operate(instance_ops.start, name, test=test)
+    return _each(instance_ops.start, name, test=test)
 
 
 def stop(name, timeout=60, force=False, test=False):
@@ -214,8 +216,9 @@ def stop(name, timeout=60, force=False, test=False):
 
         salt-run cluster.stop web1
         salt-run cluster.stop web1 force=True
+        salt-run cluster.stop 'web*'
     """
-    return _operate(instance_ops.stop, name, timeout=timeout, force=force, test=test)
+    return _each(instance_ops.stop, name, timeout=timeout, force=force, test=test)
 
 
 def reboot(name, timeout=60, test=False):
@@ -227,8 +230,9 @@ def reboot(name, timeout=60, test=False):
     .. code-block:: bash
 
         salt-run cluster.reboot web1
+        salt-run cluster.reboot 'web[12]'
     """
-    return _operate(instance_ops.reboot, name, timeout=timeout, test=test)
+    return _each(instance_ops.reboot, name, timeout=timeout, test=test)
 
 
 def jobs(state=None):
