@@ -117,6 +117,11 @@ class NamespaceNode:
         """Boot the node: its namespaces, libvirtd and salt-minion."""
         if self.pid and process_alive(self.pid):
             raise LabError(f"node {self.name} already runs (pid {self.pid})")
+        # A boot starts with an empty /run, as on a real machine: libvirt must not find the status
+        # files of domains that died with the node and list them as running while it reconnects.
+        run_dir = self.dir / "libvirt" / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir()
         argv = [
             "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "--propagation", "private",
             sys.executable, "-m", "saltext.vmcluster.lab.nodeinit", str(self.dir), self.name,
