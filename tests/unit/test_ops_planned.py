@@ -58,7 +58,7 @@ class FakeRPC:
         return True
 
 
-def _record(name, node, template="file", memory=512, up=True, secondary=None, **extra):
+def instance_record(name, node, template="file", memory=512, up=True, secondary=None, **extra):
     record = {"name": name, "template": template, "memory": memory, "vcpus": 1,
               "disks": [{"size": GIB}], "nics": [], "tags": [], "admin_state": "up" if up else "down",
               "primary": node, "secondary": secondary, "created": 0}
@@ -82,9 +82,9 @@ def make_ctx(tmp_path):
 
 
 def _evacuation(n_file=4, n_shared=3):
-    records = [_record(f"f{k}", "node1") for k in range(n_file)]
-    records += [_record(f"s{k}", "node1", template="sharedfile") for k in range(n_shared)]
-    records += [_record("idle", "node1", up=False), _record("other", "node2")]
+    records = [instance_record(f"f{k}", "node1") for k in range(n_file)]
+    records += [instance_record(f"s{k}", "node1", template="sharedfile") for k in range(n_shared)]
+    records += [instance_record("idle", "node1", up=False), instance_record("other", "node2")]
     return records
 
 
@@ -158,7 +158,7 @@ def test_evacuate_secondaries_of_a_node_without_any_moves_nothing(make_ctx):
 
 
 def _skewed():
-    return [_record(f"w{k}", "node1", template="sharedfile" if k % 2 else "file", memory=1024) for k in range(8)]
+    return [instance_record(f"w{k}", "node1", template="sharedfile" if k % 2 else "file", memory=1024) for k in range(8)]
 
 
 def test_balance_plan_moves_load_off_the_busy_node(make_ctx):
@@ -250,13 +250,13 @@ def test_allocate_dry_run_places_on_free_nodes_and_changes_nothing(make_ctx):
     (("n1", "n2"), ("n3", "n1"), False, False, [("replace", "n3"), ("failover", "n3")]),
 ])
 def test_move_actions(old, new, running, down, expected):
-    record = _record("x", old[0], template="drbd" if old[1] else "file", secondary=old[1], up=running)
+    record = instance_record("x", old[0], template="drbd" if old[1] else "file", secondary=old[1], up=running)
     assert planned.move_actions(record, *new, down=down) == expected
 
 
 def test_move_actions_refuse_local_disks_on_a_down_node():
     with pytest.raises(engine.OpError, match="x: its plain disks are on n1, which is down"):
-        planned.move_actions(_record("x", "n1", template="plain"), "n2", None, down=True)
+        planned.move_actions(instance_record("x", "n1", template="plain"), "n2", None, down=True)
 
 
 def _drbd(name="db1", primary="node1", secondary="node2", minor=0, count=2):
@@ -264,11 +264,11 @@ def _drbd(name="db1", primary="node1", secondary="node2", minor=0, count=2):
     nodes = [{"name": n, "address": f"10.0.0.{n[-1]}"} for n in (primary, secondary)]
     disks = [{"size": GIB, "drbd": {"nodes": nodes, "port": 11000 + minor + k, "minor": minor + k, "secret": "s3cret"}}
              for k in range(count)]
-    return _record(name, primary, template="drbd", secondary=secondary, disks=disks)
+    return instance_record(name, primary, template="drbd", secondary=secondary, disks=disks)
 
 
 def test_replace_disks_refuses_other_templates_and_bad_nodes(make_ctx):
-    ctx = make_ctx([_record("web1", "node1"), _drbd()])
+    ctx = make_ctx([instance_record("web1", "node1"), _drbd()])
     with pytest.raises(engine.OpError, match="web1 has disk template file; replace_disks changes the DRBD"):
         planned.replace_disks(ctx, "web1", "node3")
     with pytest.raises(engine.OpError, match="new_secondary: node2 already holds db1"):

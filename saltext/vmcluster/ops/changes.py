@@ -9,7 +9,7 @@ import dataclasses
 from saltext.vmcluster import disks, domxml, names
 from saltext.vmcluster.ops.engine import OpError, new_job, step
 from saltext.vmcluster.ops.health import RUNNING_STATES, n1_failing
-from saltext.vmcluster.ops.instances import _execute, _record, instance_locks, live_cluster
+from saltext.vmcluster.ops.instances import execute_or_plan, instance_record, instance_locks, live_cluster
 from saltext.vmcluster.ops.steps import domains_on
 from saltext.vmcluster.planner.checks import FAILURES, OK, Demand, NodeRoom
 from saltext.vmcluster.planner.score import NodeLoads
@@ -57,7 +57,7 @@ def node_modify(ctx, node, offline=None, drained=None, online=None, force=False,
             raise OpError(f"node {node} still runs {', '.join(running)}; move them first "
                           f"(salt-run cluster.evacuate {node}) or set it offline anyway with force=True")
     job = new_job("node_modify", node, [("set_node_flags", {"node": node, **flags})], [f"node/{node}"])
-    return {**_execute(ctx, job, test), "flags": {**ctx.store.node_flags(node), **flags}}
+    return {**execute_or_plan(ctx, job, test), "flags": {**ctx.store.node_flags(node), **flags}}
 
 
 def _running_on(ctx, node):
@@ -127,7 +127,7 @@ def modify(ctx, name, memory=None, vcpus=None, test=False):
     Checked against the nodes' free memory and N+1 first. A running domain gets the new
     values at its next start (``salt-run cluster.reboot NAME``); the result says so.
     """
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     changes = {}
     if memory is not None:
         changes["memory"] = names.size_mib(memory, "memory")
@@ -143,7 +143,7 @@ def modify(ctx, name, memory=None, vcpus=None, test=False):
     running = domains_on(ctx, record["primary"]).get(name) in RUNNING_STATES
     job_steps = [("update_instance", {"name": name, **changes}),
                  ("resize_domain", {"node": record["primary"], "instance": name, **changes})]
-    result = _execute(ctx, new_job("modify", name, job_steps, [f"instance/{name}"]), test)
+    result = execute_or_plan(ctx, new_job("modify", name, job_steps, [f"instance/{name}"]), test)
     result["applies"] = (f"at the next start ({name} is running: salt-run cluster.reboot {name})"
                          if running else "at the next start")
     return {**result, **changes}
@@ -207,14 +207,14 @@ def grow_disk(ctx, name, index, amount=None, size=None, test=False):
     plain: the LV, then the running guest; drbd: the LVs on both nodes, ``drbdadm resize``
     on the primary, then the running guest. The record changes last.
     """
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     index = disks.index(index, "index")
     if index >= len(record["disks"]):
         raise OpError(f"index: {name} has {len(record['disks'])} disk(s) (0..{len(record['disks']) - 1}); got {index}")
     new = _new_size(record, index, amount, size)
     nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
     _check_space(ctx, record, nodes, -(-(new - record["disks"][index]["size"]) // MIB))
-    result = _execute(ctx, new_job("grow_disk", name, grow_steps(record, index, new), instance_locks(record)), test)
+    result = execute_or_plan(ctx, new_job("grow_disk", name, grow_steps(record, index, new), instance_locks(record)), test)
     return {**result, "disk": index, "old": record["disks"][index]["size"], "new": new}
 
 

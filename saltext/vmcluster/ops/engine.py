@@ -117,7 +117,7 @@ def _run_step(journal, index):
     journal.update(entry, state="done", result=result, finished=time.time())
 
 
-def _execute(journal):
+def execute_or_plan(journal):
     steps = journal.job["steps"]
     for _set, group in itertools.groupby(range(len(steps)), key=lambda i: steps[i]["set"]):
         todo = [i for i in group if steps[i]["state"] != "done"]
@@ -143,7 +143,7 @@ def run(ctx, job):
             "message": f"{job['operation']} {job['target']}: job {job['id']}, {len(job['steps'])} steps",
         })
         try:
-            _execute(journal)
+            execute_or_plan(journal)
         except Exception as exc:  # pylint: disable=broad-except
             failed = next((s["name"] for s in job["steps"] if s["state"] == "failed"), "(between steps)")
             message = (f"{job['operation']} {job['target']} failed at step {failed}: {exc}. "

@@ -31,7 +31,7 @@ def summary(job):
     return {"job": job["id"], "operation": job["operation"], "target": job["target"], "state": job["state"]}
 
 
-def _execute(ctx, job, test):
+def execute_or_plan(ctx, job, test):
     """The plan (dry run) or the finished job."""
     if test:
         return {"job": None, "operation": job["operation"], "target": job["target"], "plan": plan(job)}
@@ -106,7 +106,7 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
     if start:
         job_steps += [("start_domain", {"node": primary, "instance": name}),
                       ("update_instance", {"name": name, "admin_state": "up"})]
-    return _execute(ctx, new_job("add", name, job_steps, instance_locks(record)), test)
+    return execute_or_plan(ctx, new_job("add", name, job_steps, instance_locks(record)), test)
 
 
 def _replication_address(ctx, node):
@@ -156,7 +156,8 @@ def _disk_steps(record):
     return result
 
 
-def _record(ctx, name):
+def instance_record(ctx, name):
+    """The store record of instance ``name``; OpError listing the known instances if there is none."""
     record = ctx.store.instance(name)
     if not record:
         known = ", ".join(sorted(ctx.store.instances())) or "none"
@@ -166,7 +167,7 @@ def _record(ctx, name):
 
 def remove(ctx, name, test=False):
     """Power the instance off, remove its domain and disks everywhere, forget it."""
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
     job_steps = [("update_instance", {"name": name, "admin_state": "down"}),
                  ("stop_domain", {"node": record["primary"], "instance": name, "force": True}),
@@ -176,30 +177,30 @@ def remove(ctx, name, test=False):
         for node in nodes for i in range(len(record["disks"]))
     ]
     job_steps.append(("forget_instance", {"name": name}))
-    return _execute(ctx, new_job("remove", name, job_steps, instance_locks(record)), test)
+    return execute_or_plan(ctx, new_job("remove", name, job_steps, instance_locks(record)), test)
 
 
 def start(ctx, name, test=False):
     """Start the instance on its primary and mark it admin-up."""
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     job_steps = [("define_domain", {"node": record["primary"], "instance": name}),
                  ("start_domain", {"node": record["primary"], "instance": name}),
                  ("update_instance", {"name": name, "admin_state": "up"})]
-    return _execute(ctx, new_job("start", name, job_steps, [f"instance/{name}"]), test)
+    return execute_or_plan(ctx, new_job("start", name, job_steps, [f"instance/{name}"]), test)
 
 
 def stop(ctx, name, timeout=60, force=False, test=False):
     """Mark the instance admin-down (the watcher leaves it alone), then shut it down."""
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     job_steps = [("update_instance", {"name": name, "admin_state": "down"}),
                  ("stop_domain", {"node": record["primary"], "instance": name, "timeout": timeout, "force": force})]
-    return _execute(ctx, new_job("stop", name, job_steps, [f"instance/{name}"]), test)
+    return execute_or_plan(ctx, new_job("stop", name, job_steps, [f"instance/{name}"]), test)
 
 
 def reboot(ctx, name, timeout=60, test=False):
     """Restart the instance: shut down (power off after ``timeout``) and start again."""
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     job_steps = [("stop_domain", {"node": record["primary"], "instance": name, "timeout": timeout}),
                  ("start_domain", {"node": record["primary"], "instance": name}),
                  ("update_instance", {"name": name, "admin_state": "up"})]
-    return _execute(ctx, new_job("reboot", name, job_steps, [f"instance/{name}"]), test)
+    return execute_or_plan(ctx, new_job("reboot", name, job_steps, [f"instance/{name}"]), test)

@@ -26,7 +26,7 @@ with ``ignore_consistency=True`` that the silent node is down.
 
 from saltext.vmcluster import disks, names
 from saltext.vmcluster.ops.engine import OpError, new_job, step
-from saltext.vmcluster.ops.instances import MIB, _execute, _record, instance_locks, live_cluster
+from saltext.vmcluster.ops.instances import MIB, execute_or_plan, instance_record, instance_locks, live_cluster
 from saltext.vmcluster.ops.steps import domains_on
 from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
 
@@ -289,7 +289,7 @@ def move_steps(ctx, record, target, timeout=DEFAULT_SHUTDOWN_TIMEOUT):
 def migrate(ctx, name, target=None, test=False):
     """Live-migrate a running instance to ``target`` (default: the planner's best other node, or the
     drbd secondary); ``file``/``plain`` disks are copied, the source disks removed afterwards."""
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     source, template = record["primary"], record["template"]
     target = _target_node(ctx, record, target)
     state = domains_on(ctx, source).get(name)
@@ -298,7 +298,7 @@ def migrate(ctx, name, target=None, test=False):
         raise OpError(f"{name} is not running on {source} ({state or 'not defined'}); live migration needs a "
                       f"running instance. Move a stopped one with: salt-run cluster.{verb} {name} target={target}")
     job = new_job("migrate", name, migrate_steps(ctx, record, target), _locks(record, target))
-    return _execute(ctx, job, test)
+    return execute_or_plan(ctx, job, test)
 
 
 def failover(ctx, name, target=None, ignore_consistency=False, shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT,
@@ -306,7 +306,7 @@ def failover(ctx, name, target=None, ignore_consistency=False, shutdown_timeout=
     """Cold failover: stop the instance on its primary (or pass over a primary the operator declared
     down with ``ignore_consistency=True``), then start it on the secondary (drbd) or on ``target``
     (sharedfile; default: the planner's best other node)."""
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     primary, template = record["primary"], record["template"]
     if template in COPY_TEMPLATES:
         raise OpError(f"template: {name} is a {template} instance whose disks exist on {primary} only, so it cannot "
@@ -317,14 +317,14 @@ def failover(ctx, name, target=None, ignore_consistency=False, shutdown_timeout=
     if not ignore_consistency and probe(ctx, primary) is None:
         raise OpError(unconfirmed(primary, name))
     job_steps = failover_steps(record, target, ignore_consistency, timeout)
-    return _execute(ctx, new_job("failover", name, job_steps, _locks(record, target)), test)
+    return execute_or_plan(ctx, new_job("failover", name, job_steps, _locks(record, target)), test)
 
 
 def move(ctx, name, target=None, shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT, test=False):
     """Move a ``file``/``plain`` instance to ``target`` by copying its disks while it is stopped:
     stop, copy each disk over NBD into an exact-size disk, define it on the target, remove it from
     the source, and start it again if it was up."""
-    record = _record(ctx, name)
+    record = instance_record(ctx, name)
     template = record["template"]
     if template not in COPY_TEMPLATES:
         raise OpError(f"template: {name} is a {template} instance: its disks are reachable from other nodes, "
@@ -332,4 +332,4 @@ def move(ctx, name, target=None, shutdown_timeout=DEFAULT_SHUTDOWN_TIMEOUT, test
     timeout = names.positive_int(shutdown_timeout, "shutdown_timeout", minimum=0)
     target = _target_node(ctx, record, target)
     job = new_job("move", name, move_steps(ctx, record, target, timeout), _locks(record, target))
-    return _execute(ctx, job, test)
+    return execute_or_plan(ctx, job, test)

@@ -17,7 +17,7 @@ from saltext.vmcluster import disks, names
 from saltext.vmcluster.ops import moves
 from saltext.vmcluster.ops.engine import OpError, new_job, run, step
 from saltext.vmcluster.ops.steps import create_disk
-from saltext.vmcluster.ops.instances import _execute, _record, instance_locks, live_cluster
+from saltext.vmcluster.ops.instances import execute_or_plan, instance_record, instance_locks, live_cluster
 from saltext.vmcluster.planner import balance as balancer
 from saltext.vmcluster.planner import htools
 from saltext.vmcluster.planner.allocate import EVAC_MODES, Allocator, parse_spec
@@ -167,7 +167,7 @@ def _move_job(ctx, operation, target, planned, test):
     job = new_job(operation, target, job_steps, sorted(locks))
     for entry in job["steps"]:
         entry["args"]["journal"] = f"{job['id']}.{entry['args']['instance']}"
-    result = _execute(ctx, job, test)
+    result = execute_or_plan(ctx, job, test)
     if test:
         result["plan"] = [
             f"job set {entry['set'] + 1}: {entry['args']['instance']}: "
@@ -390,7 +390,7 @@ def replace_disks(ctx, name, new_secondary=None, test=False):
     third peer for the time of the sync), so redundancy never drops. Without
     ``new_secondary`` the planner chooses it.
     """
-    record = _record(ctx, names.name(name, "name"))
+    record = instance_record(ctx, names.name(name, "name"))
     if record["template"] != "drbd":
         raise OpError(f"name: {name} has disk template {record['template']}; replace_disks changes the DRBD "
                       f"secondary of drbd instances only (move a {record['template']} instance with "
@@ -413,4 +413,4 @@ def replace_disks(ctx, name, new_secondary=None, test=False):
             raise OpError(f"replace_disks {name}: {problem}; nothing changed")
     job = new_job("replace_disks", name, replace_disks_steps(ctx, record, new_secondary),
                   instance_locks(record) + [f"node/{new_secondary}"])
-    return _execute(ctx, job, test)
+    return execute_or_plan(ctx, job, test)
