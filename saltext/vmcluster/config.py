@@ -6,7 +6,7 @@ invalid pillar yields no config at all, so nothing acts on it.
 
 from dataclasses import dataclass, field
 
-from saltext.vmcluster import names
+from saltext.vmcluster import declared, names
 from saltext.vmcluster.names import ValidationError
 
 NODE_KEYS = {
@@ -41,6 +41,7 @@ class ClusterConfig:
     groups: dict = field(default_factory=dict)  # name -> alloc policy
     defaults: dict = field(default_factory=dict)  # key -> value (see DEFAULT_KEYS)
     ipolicy: dict = field(default_factory=lambda: DEFAULT_IPOLICY)  # min/max/std specs (MiB), vcpu_ratio
+    instances: dict = field(default_factory=dict)  # name -> declared.Declared (pillar cluster:instances)
 
     def policy_violation(self, memory, vcpus, disk):
         """Why an instance of this size breaks the instance policy (None if it does not)."""
@@ -96,8 +97,10 @@ def load(pillar):
         raise ValidationError("cluster:nodes", None, "declare the nodes: a list of minion ids")
     name = names.name(cluster.get("name", "cluster"), "cluster:name")
     nodes = _nodes(cluster["nodes"])
+    defaults = _defaults(cluster.get("defaults"))
     return ClusterConfig(name=name, nodes=nodes, groups=_groups(cluster.get("groups"), nodes),
-                         defaults=_defaults(cluster.get("defaults")), ipolicy=_ipolicy(cluster.get("ipolicy")))
+                         defaults=defaults, ipolicy=_ipolicy(cluster.get("ipolicy")),
+                         instances=declared.load(cluster.get("instances"), nodes, defaults.get("template", "file")))
 
 
 def _ipolicy(value):
