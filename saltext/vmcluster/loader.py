@@ -4,7 +4,7 @@ import importlib.util
 from pathlib import Path
 
 # Salt loader kind -> the package that holds those modules (a top-level _<kind>/ folder).
-LOADER_KINDS = ("modules", "states", "runners", "grains", "output")
+LOADER_KINDS = ("modules", "states", "runners", "grains", "output", "pillar")
 # Where the _<kind>/ folders are when this package is imported from a source checkout.
 CHECKOUT = Path(__file__).resolve().parents[2]
 

@@ -27,7 +27,7 @@ def test_every_loader_kind_resolves_to_a_folder_with_our_modules():
     dirs = loader.loader_dirs()
     assert set(dirs) == set(loader.LOADER_KINDS)
     expected = {"modules": "cluster_node.py", "runners": "cluster.py", "grains": "cluster_node.py",
-                "output": "cluster_table.py"}
+                "output": "cluster_table.py", "pillar": "cluster.py"}
     for kind, filename in expected.items():
         assert any((Path(d) / filename).is_file() for d in dirs[kind]), (kind, dirs[kind])
 

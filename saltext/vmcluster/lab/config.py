@@ -27,6 +27,7 @@ def master_config(lab_dir, publish_port, ret_port, states_dir):
         "auto_accept": True,
         "file_roots": {"base": [str(states_dir)]},
         "pillar_roots": {"base": [str(lab_dir / "pillar")]},
+        "ext_pillar": [{"cluster": {}}],  # each node's assignments under vmcluster: (saltext.vmcluster)
         "enable_ssh_minions": False,
         "timeout": 10,
     }

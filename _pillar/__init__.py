@@ -1,0 +1,1 @@
+"""Salt loader modules of vmcluster (Salt skips files starting with _)."""
