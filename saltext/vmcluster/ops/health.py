@@ -17,6 +17,7 @@ import dataclasses
 
 import numpy as np
 
+from saltext.vmcluster import declared as declared_instances
 from saltext.vmcluster import disks as disk_names
 from saltext.vmcluster import views
 from saltext.vmcluster.drbd import status as drbd_status
@@ -175,6 +176,27 @@ def _drbd_row(node, name, resource, state):
     return finding(ERROR, "drbd", f"{resource} not in sync", adjust, node, name)
 
 
+DECLARED_CHECKS = {"add": "declared-missing", "start": "declared-admin-state", "stop": "declared-admin-state"}
+
+
+def declared_findings(declared, records):
+    """Differences between the declared instances (pillar ``cluster:instances``) and the store.
+
+    Declared but not created is an error; spec and admin state differences are warnings, each
+    with the runner command that converges it. Once anything is declared, instances nobody
+    declared are listed as ``undeclared`` (a warning: they are left alone, never removed).
+    """
+    for name, decl in sorted(declared.items()):
+        record = records.get(name)
+        for action in declared_instances.actions(decl, record):
+            yield finding(ERROR if action.verb == "add" else WARNING, DECLARED_CHECKS.get(action.verb, "declared-spec"),
+                          action.detail, action.command(name), record and record["primary"], name)
+    for name in sorted(set(records) - set(declared) if declared else ()):
+        yield finding(WARNING, "undeclared", "in the cluster but not declared in pillar cluster:instances",
+                      f"declare it under cluster:instances, or salt-run cluster.remove {name}",
+                      records[name]["primary"], name)
+
+
 def n1_failing(loads):
     """Online nodes whose failure the others could not absorb (global N+1, DRBD reservations)."""
     room = NodeRoom(loads)
@@ -192,9 +214,10 @@ def sort_findings(rows):
     return sorted(rows, key=lambda r: (SEVERITY_ORDER.index(r["severity"]), r["check"], r["node"], r["instance"]))
 
 
-def findings(nodes, records, flags, replies, disks, drbd, failing):
+def findings(nodes, records, flags, replies, disks, drbd, failing, declared=None):
     """Every finding, errors first. Arguments as the ``*_findings`` functions take them."""
     return sort_findings([
+        *declared_findings(declared or {}, records),
         *node_findings(nodes, records, flags, replies),
         *placement_findings(nodes, records),
         *domain_findings(records, replies),
@@ -236,7 +259,7 @@ def verify(ctx):
     disks = ctx.rpc.call(sorted(replies), "cluster_disk.list_disks", timeout=RPC_TIMEOUT)
     drbd = drbd_states(ctx, _drbd_nodes(records, replies))
     failing = n1_failing(NodeLoads(cluster_from_live(ctx.cfg, replies, records, flags)))
-    return findings(ctx.cfg.nodes, records, flags, replies, disks, drbd, failing)
+    return findings(ctx.cfg.nodes, records, flags, replies, disks, drbd, failing, ctx.cfg.instances)
 
 
 # -- watcher -------------------------------------------------------------------
