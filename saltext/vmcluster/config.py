@@ -6,15 +6,21 @@ invalid pillar yields no config at all, so nothing acts on it.
 
 from dataclasses import dataclass, field
 
-from saltext.vmcluster import declared, names
+from saltext.vmcluster import declared, disks, names
 from saltext.vmcluster.names import ValidationError
 
 NODE_KEYS = {
     "group": "node group name (default: default)",
     "replication_address": "IP address for DRBD replication",
     "fence": "fence command as a list of arguments (fence-agents style), e.g. [fence_ipmilan, ...]",
+    "bridge": "the bridge new instances' NICs use on this node, e.g. br0 (default: cluster:defaults:bridge)",
 }
-DEFAULT_KEYS = {"template": ("file", "sharedfile", "plain", "drbd")}
+# key -> validator(value, path)
+DEFAULT_KEYS = {
+    "template": lambda value, path: names.choice(value, path, disks.TEMPLATES),
+    "image": disks.image,  # OS image new instances' disk 0 is made from, on every node
+    "bridge": names.bridge,  # the bridge of new instances' NIC on nodes without a bridge of their own
+}
 ALLOC_POLICIES = ("preferred", "last_resort", "unallocable")
 # Ganeti's built-in instance policy (sizes in MiB).
 DEFAULT_IPOLICY = {
@@ -32,6 +38,7 @@ class NodeConfig:
     group: str = "default"
     replication_address: str = None
     fence: tuple = ()
+    bridge: str = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class ClusterConfig:
     defaults: dict = field(default_factory=dict)  # key -> value (see DEFAULT_KEYS)
     ipolicy: dict = field(default_factory=lambda: DEFAULT_IPOLICY)  # min/max/std specs (MiB), vcpu_ratio
     instances: dict = field(default_factory=dict)  # name -> declared.Declared (pillar cluster:instances)
+
+    def bridge_of(self, node):
+        """The bridge of new instances' NICs on ``node`` (its own, else the cluster's default; None: no NIC)."""
+        return self.nodes[node].bridge or self.defaults.get("bridge")
 
     def policy_violation(self, memory, vcpus, disk):
         """Why an instance of this size breaks the instance policy (None if it does not)."""
@@ -75,7 +86,10 @@ def _node(name, settings, path):
     fence = settings.get("fence", [])
     if not isinstance(fence, list) or not all(isinstance(arg, str) and arg for arg in fence):
         raise ValidationError(f"{path}:fence", fence, "give the fence command as a list of strings")
-    return NodeConfig(name=name, group=group, replication_address=address, fence=tuple(fence))
+    bridge = settings.get("bridge")
+    if bridge is not None:
+        bridge = names.bridge(bridge, f"{path}:bridge")
+    return NodeConfig(name=name, group=group, replication_address=address, fence=tuple(fence), bridge=bridge)
 
 
 def _nodes(value):
@@ -140,5 +154,5 @@ def _defaults(value):
     for key, val in defaults.items():
         if key not in DEFAULT_KEYS:
             raise ValidationError(f"cluster:defaults:{key}", val, f"unknown key; known keys: {', '.join(DEFAULT_KEYS)}")
-        names.choice(val, f"cluster:defaults:{key}", DEFAULT_KEYS[key])
+        DEFAULT_KEYS[key](val, f"cluster:defaults:{key}")
     return dict(defaults)

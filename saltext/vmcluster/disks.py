@@ -27,6 +27,7 @@ TEMPLATES = ("file", "sharedfile", "plain", "drbd")
 FILE_TEMPLATES = ("file", "sharedfile")
 LVM_TEMPLATES = ("plain", "drbd")
 FORMATS = ("qcow2", "raw")
+IMAGE_SUFFIXES = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw"}  # OS image name -> format
 MAX_INDEX = 63
 SECTOR = 512
 QEMU_IMG = "qemu-img"
@@ -42,6 +43,7 @@ _LVM_RESERVED_PREFIXES = ("snapshot", "pvmove")
 _FILE_RE = re.compile(r"disk(?P<index>\d+)\.(?P<fmt>qcow2|raw)")
 _LV_RE = re.compile(r"(?P<instance>.+)\.disk(?P<index>\d+)(?P<drbd>_data)?")
 _EXACT_BYTES_RE = re.compile(r"\s*(?P<num>\d+)\s*[bB]\s*")
+_IMAGE_RE = re.compile(r"/[A-Za-z0-9._+@=,/-]+")
 
 # DRBD internal metadata: 4 KiB superblock, 32 KiB activity log and, per peer,
 # a bitmap of one bit per 4 KiB of the backing disk, rounded up to 4 KiB.
@@ -200,9 +202,32 @@ def qemu_nbd_export(path, fmt, address, port, export, pidfile):
     ]  # fmt: skip
 
 
-def qemu_img_convert_into(source_uri, path, fmt):
-    """``qemu-img convert`` of the raw guest data at ``source_uri`` into the existing image ``path`` (``-n``)."""
-    return [QEMU_IMG, "convert", "-n", "-f", "raw", "-O", names.choice(fmt, "fmt", FORMATS), source_uri, path]
+def qemu_img_convert_into(source, path, fmt, source_fmt="raw"):
+    """``qemu-img convert`` of the guest data at ``source`` (an image file or URI) into the existing image or
+    block device ``path`` (``-n``: the target keeps its size; zeroes are written, so an LV's old data is gone)."""
+    return [QEMU_IMG, "convert", "-n", "-f", names.choice(source_fmt, "source_fmt", FORMATS),
+            "-O", names.choice(fmt, "fmt", FORMATS), source, path]
+
+
+def image_format(path, field="image"):
+    """The format of the OS image ``path``, read from its name (``.qcow2``; ``.raw`` or ``.img``: raw), never
+    probed from its content."""
+    fmt = IMAGE_SUFFIXES.get(os.path.splitext(path)[1])
+    if fmt is None:
+        raise names.ValidationError(field, path, "name the image file *.qcow2 (qcow2), *.raw or *.img (raw): "
+                                                 "vmcluster reads an image's format from its name")
+    return fmt
+
+
+def image(value, field="image"):
+    """Return ``value`` if it names an OS image vmcluster accepts: an absolute, normalised path without
+    spaces or shell metacharacters, whose name tells its format (:func:`image_format`)."""
+    names.path(value, field)
+    if not _IMAGE_RE.fullmatch(value):
+        raise names.ValidationError(field, value, "use letters, digits and . _ - + @ = , / only in the image path "
+                                                  "(no spaces or shell metacharacters)")
+    image_format(value, field)
+    return value
 
 
 def parse_qemu_img_info(text):

@@ -100,3 +100,35 @@ def test_instance_policy_errors_name_the_key_path(ipolicy, path):
     with pytest.raises(ValidationError) as err:
         config.load({"cluster": {"nodes": ["n1"], "ipolicy": ipolicy}})
     assert err.value.field == path
+
+
+def test_bridges_per_node_with_a_cluster_default_and_the_os_image():
+    cfg = config.load({"cluster": {
+        "nodes": {"n1": {"bridge": "br-vm"}, "n2": None},
+        "defaults": {"bridge": "br0", "image": "/var/lib/vmcluster/images/debian-12.qcow2"},
+    }})
+    assert (cfg.bridge_of("n1"), cfg.bridge_of("n2")) == ("br-vm", "br0")
+    assert cfg.defaults["image"] == "/var/lib/vmcluster/images/debian-12.qcow2"
+    assert config.load({"cluster": {"nodes": ["n1"]}}).bridge_of("n1") is None
+
+
+@pytest.mark.parametrize(
+    "cluster, path, fix",
+    [
+        ({"nodes": {"n1": {"bridge": "br0;reboot"}}}, "cluster:nodes:n1:bridge", "a Linux interface name such as br0"),
+        ({"nodes": {"n1": {"bridge": "a-very-long-bridge"}}}, "cluster:nodes:n1:bridge", "use 1-15 letters"),
+        ({"nodes": ["n1"], "defaults": {"bridge": ""}}, "cluster:defaults:bridge", "use 1-15 letters"),
+        ({"nodes": ["n1"], "defaults": {"image": "images/debian.qcow2"}}, "cluster:defaults:image", "absolute"),
+        ({"nodes": ["n1"], "defaults": {"image": "/img/$(reboot).qcow2"}}, "cluster:defaults:image",
+         "no spaces or shell metacharacters"),
+        ({"nodes": ["n1"], "defaults": {"image": "/img/a b.qcow2"}}, "cluster:defaults:image", "shell metacharacters"),
+        ({"nodes": ["n1"], "defaults": {"image": "/img/../etc/shadow.raw"}}, "cluster:defaults:image", "no '..'"),
+        ({"nodes": ["n1"], "defaults": {"image": "/img/debian.iso"}}, "cluster:defaults:image", "*.qcow2 (qcow2)"),
+        ({"nodes": ["n1"], "defaults": {"template": "lvm"}}, "cluster:defaults:template", "use one of: file"),
+        ({"nodes": ["n1"], "defaults": {"nic": "br0"}}, "cluster:defaults:nic", "known keys: template, image, bridge"),
+    ],
+)
+def test_bridge_and_image_errors_name_the_key_path_and_the_fix(cluster, path, fix):
+    with pytest.raises(ValidationError) as err:
+        config.load({"cluster": cluster})
+    assert err.value.field == path and fix in err.value.fix
