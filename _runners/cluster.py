@@ -157,11 +157,12 @@ def instances(match="*"):
     return {"outputter": "cluster_table", "data": rows}
 
 
-def add(name, memory="512M", vcpus=1, disks="10G", template=None, nodes=None, start=True, test=False):
+def add(name, memory="512M", vcpus=1, disks="10G", template=None, nodes=None, start=True, tags=None, test=False):
     """
     Add an instance: the planner chooses its node unless ``nodes`` is given
     (``node1``; ``node1:node2`` for drbd), then disks are created, the domain is
-    defined and started. ``disks`` is a size or a list of sizes.
+    defined and started (``start=False``: left admin-down). ``disks`` is a size
+    or a list of sizes; ``tags`` a list or comma list of names.
     ``test=True`` prints the plan and changes nothing.
 
     CLI Example:
@@ -169,11 +170,11 @@ def add(name, memory="512M", vcpus=1, disks="10G", template=None, nodes=None, st
     .. code-block:: bash
 
         salt-run cluster.add web1 memory=1G vcpus=2 disks=20G template=file
-        salt-run cluster.add db1 memory=4G disks='[20G, 100G]' template=sharedfile nodes=node2
+        salt-run cluster.add db1 memory=4G disks='[20G, 100G]' template=sharedfile nodes=node2 tags=db,prod
         salt-run cluster.add web2 memory=1G test=True
     """
     return _operate(instance_ops.add, name, memory, vcpus=vcpus, disks=disks, template=template, nodes=nodes,
-                    start=start, test=test)
+                    start=start, tags=tags.split(",") if isinstance(tags, str) else tags or (), test=test)
 
 
 def remove(name, test=False):
@@ -292,8 +293,10 @@ def verify():
     missing domains (admin-up but not running on the primary), stale and
     unknown domains, orphan disks, DRBD not connected or not in sync (skipped
     where the kernel has no DRBD module), N+1 failures, pending memory/vCPU
-    changes. Every finding has a severity and the command that fixes it; exit
-    code 1 when there are errors.
+    changes, declared instances (pillar ``cluster:instances``) missing or
+    different in the store, and — once any is declared — undeclared ones.
+    Every finding has a severity and the command that fixes it; exit code 1
+    when there are errors.
 
     CLI Example:
 
