@@ -99,7 +99,8 @@ def instance(name, settings, path="", default_template="file"):
     """Validate one declaration (``settings``: the pillar mapping) into :class:`Declared`.
 
     ``path`` prefixes every field in errors (``cluster:instances:web1``); ``default_template``
-    is the template that applies when none is given (checked against the number of ``nodes``).
+    is the template that applies when none is given (checked against the number of ``nodes``;
+    None: not known here, ``cluster.add`` checks it).
     """
     names.name(name, path or "name")
     if not isinstance(settings, dict):
@@ -118,11 +119,11 @@ def instance(name, settings, path="", default_template="file"):
     if template is not None:
         names.choice(template, _field(path, "template"), TEMPLATES)
     nodes = _names(settings.get("nodes"), _field(path, "nodes"), INSTANCE_KEYS["nodes"])
-    wanted = 2 if (template or default_template) == "drbd" else 1
-    if nodes and len(nodes) != wanted:
-        raise ValidationError(_field(path, "nodes"), settings["nodes"],
-                              f"template {template or default_template} needs {wanted} node(s): "
-                              + ("primary:secondary" if wanted == 2 else "one primary"))
+    effective = template or default_template
+    wanted = 2 if effective == "drbd" else 1
+    if nodes and effective and len(nodes) != wanted:
+        raise ValidationError(_field(path, "nodes"), settings["nodes"], f"template {effective} needs {wanted} "
+                              f"node(s): {'primary:secondary' if wanted == 2 else 'one primary'}")
     return Declared(
         name=name,
         memory=names.size_mib(settings["memory"], _field(path, "memory")),
