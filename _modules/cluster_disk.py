@@ -145,7 +145,7 @@ def _directory_free(disk):
     return nodefacts.directory_space(disk.location)["free"]
 
 
-def _create_file(disk, fmt, size):
+def _create_file(disk, fmt, size, source=None):
     _need_space(disk.location, _directory_free(disk), size)
     path = disk.file_path(fmt)
     os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
@@ -154,6 +154,8 @@ def _create_file(disk, fmt, size):
     os.close(handle)
     try:
         _qemu_utils(disks.qemu_img_create(temp, fmt, size))
+        if source:
+            _qemu_utils(disks.qemu_img_convert_into(source["path"], temp, fmt, source["format"]))
         os.link(temp, path)
     except FileExistsError:
         raise CommandExecutionError(f"disk {path} already exists") from None
@@ -171,6 +173,15 @@ def _remove_file(disk):
         with contextlib.suppress(OSError):  # other disks of the instance remain
             os.rmdir(os.path.dirname(found[0]))
     return found is not None
+
+
+def _image_info(image, field):
+    """The OS image ``image`` on this node: ``{"path", "size", "format", "allocated"}`` (format from its name)."""
+    path = _valid(disks.image, image, field)
+    if not os.path.isfile(path):
+        raise CommandExecutionError(f"{field}: image {path} does not exist on this node; put it at that path on "
+                                    "every node")
+    return {"path": path, **_file_info(path, disks.image_format(path))}
 
 
 # --- plain and drbd (LVM through Salt's lvm module) -------------------------
@@ -205,10 +216,16 @@ def _lvm_failed(disk, verb, output):
     return CommandExecutionError(f"{verb} of LV {disk.location}/{disk.lv} failed: {output}")
 
 
-def _create_lv(disk, size):
+def _create_lv(disk, size, source=None):
     out = __salt__["lvm.lvcreate"](disk.lv, disk.location, size=f"{_extents(disk, size)}b")
     if _lv_bytes(disk) is None:
         raise _lvm_failed(disk, "lvcreate", out.get("Output from lvcreate"))
+    if source:  # drbd: onto the backing LV before DRBD's metadata, which lies behind the data
+        try:
+            _qemu_utils(disks.qemu_img_convert_into(source["path"], disk.lv_path, "raw", source["format"]))
+        except CommandExecutionError:
+            _remove_lv(disk)
+            raise
 
 
 def _resize_lv(disk, size):
@@ -352,6 +369,21 @@ def info(instance, index, template):
     return _info(_disk(instance, index, template))
 
 
+def image_info(image):
+    """
+    Return an OS image's ``path``, virtual ``size`` in bytes, ``format`` (from its
+    name: ``*.qcow2``; ``*.raw``/``*.img`` raw) and ``allocated`` bytes; an error
+    if it is not on this node.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 cluster_disk.image_info /var/lib/vmcluster/images/debian-12.qcow2
+    """
+    return _image_info(image, "image")
+
+
 def create(
     instance,
     index,
@@ -364,6 +396,7 @@ def create(
     secret=None,
     hmac_alg="sha256",
     drbd9=False,
+    source=None,
 ):
     """
     Create disk ``index`` of ``instance``; return its :func:`info`.
@@ -382,6 +415,12 @@ def create(
         A node without ``disk`` uses this node's backing LV path. The LV gets
         room for DRBD's internal metadata; then the resource file is written,
         metadata created and the resource brought up (Secondary).
+    source
+        An OS image on this node (``/var/lib/vmcluster/images/debian-12.qcow2``;
+        ``*.qcow2``, or ``*.raw``/``*.img`` for raw: the name tells the format)
+        whose guest data the new disk starts with; the disk keeps exactly
+        ``size`` (an image larger than that is refused). ``drbd``: give it on
+        the node that becomes the first primary; the initial sync copies it.
 
     CLI Example:
 
@@ -390,11 +429,16 @@ def create(
         salt node1 cluster_disk.create web1 0 10G file
         salt node1 cluster_disk.create web1 0 1073741824B file fmt=raw
         salt node1 cluster_disk.create web1 1 20G plain
+        salt node1 cluster_disk.create web1 0 10G file source=/var/lib/vmcluster/images/debian-12.qcow2
         salt node1 cluster_disk.create web1 0 10G drbd nodes='[{name: node1, address: 10.0.0.1}, {name: node2, address: 10.0.0.2}]' port=7789 minor=0 secret=s3cret
     """
     disk = _disk(instance, index, template)
     size = size_bytes(size)
     fmt = _format(disk, fmt)
+    source = source and _image_info(source, "source")
+    if source and source["size"] > size:
+        raise SaltInvocationError(f"source: image {source['path']} ({source['size']} bytes) is larger than the disk "
+                                  f"({size} bytes); give a disk of at least the image's size")
     drbd_args = None
     if disk.template == "drbd":
         drbd_args = (disk.name, _drbd_nodes(disk, nodes), port, minor, secret, hmac_alg, False, drbd9)
@@ -404,9 +448,9 @@ def create(
     if _exists(disk):
         raise CommandExecutionError(f"disk {disk.index} of {disk.instance} ({disk.template}) already exists")
     if disk.template in disks.FILE_TEMPLATES:
-        _create_file(disk, fmt, size)
+        _create_file(disk, fmt, size, source)
     else:
-        _create_lv(disk, _lv_size_for(disk, size))
+        _create_lv(disk, _lv_size_for(disk, size), source)
     if drbd_args:
         try:
             __salt__["drbd.write_config"](*drbd_args)

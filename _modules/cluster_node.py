@@ -68,3 +68,19 @@ def resources():
         "domains": {"defined": sorted(d["name"] for d in doms), "running": sorted(d["name"] for d in running)},
         "instances": {d["name"]: {"memory": d["memory"], "vcpus": d["vcpus"], "running": d["running"]} for d in doms},
     }
+
+
+def bridges():
+    """
+    Names of the Linux bridges on this node: the bridges an instance's NICs can use here.
+
+    (Salt's ``bridge.list`` needs brctl, which current distributions no longer ship;
+    sysfs has the answer.)
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' cluster_node.bridges
+    """
+    return nodefacts.bridges()

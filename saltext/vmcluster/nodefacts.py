@@ -78,3 +78,9 @@ def vm_rss_mib(status_text):
     """VmRSS of a ``/proc/PID/status`` text, in MiB (0 when absent)."""
     match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status_text, re.MULTILINE)
     return int(match.group(1)) // 1024 if match else 0
+
+
+def bridges(sys_class_net="/sys/class/net"):
+    """Names of the Linux bridges of this node (the interfaces with a ``bridge`` folder in sysfs), sorted."""
+    return sorted(name for name in os.listdir(sys_class_net)
+                  if os.path.isdir(os.path.join(sys_class_net, name, "bridge")))

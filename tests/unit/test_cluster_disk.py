@@ -8,6 +8,7 @@ the written resource file is checked with a real ``drbdadm -d`` dry run.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -162,7 +163,7 @@ def test_every_function_has_a_cli_example():
         f for n, f in vars(cluster_disk).items()
         if callable(f) and not n.startswith("_") and getattr(f, "__module__", None) == cluster_disk.__name__
     ]
-    assert len(public) == 11
+    assert len(public) == 12
     for func in public:
         assert f"salt node1 cluster_disk.{func.__name__}" in func.__doc__, func.__name__
 
@@ -283,6 +284,80 @@ def test_broken_image_is_reported(storage):
         cluster_disk.grow("web1", 0, "file", "1G")
 
 
+# --- from an OS image: real qemu-img and qemu-io ------------------------------
+
+
+def os_image(folder, fmt, size="16M", name="os"):
+    """A small OS image with known data: 0x5a from 1 MiB to 3 MiB, 0xa5 in its last MiB."""
+    path = str(folder / f"{name}.{'img' if fmt == 'raw' else fmt}")
+    _sh("qemu-img", "create", "-q", "-f", fmt, path, size)
+    last = disks.size(size) - MIB
+    _sh("qemu-io", "-f", fmt, "-c", "write -P 0x5a 1M 2M", "-c", f"write -P 0xa5 {last} 1M", path)
+    return path
+
+
+def assert_image_data(path, fmt, size):
+    """The data :func:`os_image` wrote (an image of ``size``) is at the start of ``path``."""
+    last = disks.size(size) - MIB
+    out = _sh("qemu-io", "-r", "-f", fmt, "-c", "read -P 0 0 1M", "-c", "read -P 0x5a 1M 2M",
+              "-c", f"read -P 0xa5 {last} 1M", path)
+    assert "Pattern verification failed" not in out and out.count("read ") == 3, out
+
+
+@needs_qemu_img
+@pytest.mark.parametrize("template", ["file", "sharedfile"])
+@pytest.mark.parametrize(("image_fmt", "fmt"), [("qcow2", "qcow2"), ("raw", "qcow2"), ("qcow2", "raw")])
+def test_a_disk_from_an_image_has_its_data_and_exactly_the_asked_size(storage, tmp_path, template, image_fmt, fmt):
+    image = os_image(tmp_path, image_fmt)
+    assert cluster_disk.image_info(image) == {"path": image, "size": 16 * MIB, "format": image_fmt,
+                                              "allocated": cluster_disk.image_info(image)["allocated"]}
+    created = cluster_disk.create("web1", 0, "64M", template, fmt=fmt, source=image)
+    assert created["size"] == 64 * MIB and created["format"] == fmt
+    assert_image_data(created["path"], fmt, "16M")
+    _sh("qemu-img", "compare", "-f", image_fmt, "-F", fmt, image, created["path"])  # the rest is zeroes
+    assert os.listdir(storage[template] + "/web1") == [f"disk0.{fmt}"]  # no temporary file left
+
+
+@needs_qemu_img
+def test_an_image_as_large_as_the_disk_fits_a_larger_one_is_refused(storage, tmp_path):
+    image = os_image(tmp_path, "qcow2", size="32M")
+    before = tree(tmp_path)
+    with pytest.raises(SaltInvocationError, match=r"^source: image .*/os.qcow2 \(33554432 bytes\) is larger than "
+                                                  r"the disk \(16777216 bytes\); give a disk of at least"):
+        cluster_disk.create("web1", 0, "16M", "file", source=image)
+    assert tree(tmp_path) == before
+    assert cluster_disk.create("web1", 0, "32M", "file", source=image)["size"] == 32 * MIB
+
+
+@needs_qemu_img
+@pytest.mark.parametrize(
+    ("source", "error", "message"),
+    [
+        ("images/os.qcow2", SaltInvocationError, "absolute"),
+        ("/images/os;reboot.qcow2", SaltInvocationError, "no spaces or shell metacharacters"),
+        ("/images/os.iso", SaltInvocationError, "name the image file"),
+        ("/nonexistent/os.qcow2", CommandExecutionError, "does not exist on this node; put it at that path"),
+    ],
+)
+def test_a_bad_or_missing_image_changes_nothing(storage, tmp_path, source, error, message):
+    before = tree(tmp_path)
+    with pytest.raises(error, match=f"^source: .*{re.escape(message)}"):
+        cluster_disk.create("web1", 0, "16M", "file", source=source)
+    with pytest.raises(error, match=f"^image: .*{re.escape(message)}"):
+        cluster_disk.image_info(source)
+    assert tree(tmp_path) == before
+
+
+@needs_qemu_img
+def test_a_raw_named_image_is_read_as_raw_whatever_it_holds(storage, tmp_path):
+    """The name tells the format: a qcow2 file named .img is copied byte for byte, never interpreted."""
+    image = tmp_path / "os.img"
+    shutil.copy(os_image(tmp_path, "qcow2"), image)
+    created = cluster_disk.create("web1", 0, "8M", "file", fmt="raw", source=str(image))
+    with open(created["path"], "rb") as copied, open(image, "rb") as original:
+        assert copied.read(4) == original.read(4) == b"QFI\xfb"
+
+
 # --- bad input: an error naming the field, nothing changed ------------------
 
 
@@ -392,6 +467,51 @@ def test_plain_device_node_appears(lvm_storage):
     created = cluster_disk.create("web1", 0, "8M", "plain")
     try:
         assert os.path.exists(created["path"])
+    finally:
+        cluster_disk.remove("web1", 0, "plain")
+
+
+class ConvertRecorder:
+    """cluster_disk's ``cmd.run_all``: real, except ``qemu-img convert``, recorded and answered with ``retcode``
+    (an LV has no device node to write to where the kernel has no device-mapper)."""
+
+    def __init__(self, real, retcode=0):
+        self.real, self.retcode, self.calls = real, retcode, []
+
+    def __call__(self, argv, python_shell=True):
+        if argv[:2] != ["qemu-img", "convert"]:
+            return self.real(argv, python_shell=python_shell)
+        self.calls.append(argv)
+        return {"retcode": self.retcode, "stdout": "", "stderr": "qemu-img: Could not open the target" * self.retcode}
+
+
+@pytest.mark.parametrize(("template", "lv"), [("plain", "web1.disk0"), ("drbd", "web1.disk0_data")])
+def test_an_lv_from_an_image_gets_the_image_converted_onto_it(lvm_storage, drbd_cmd, tmp_path, template, lv):
+    image = os_image(tmp_path, "qcow2")
+    recorder = ConvertRecorder(cluster_disk.__salt__["cmd.run_all"])
+    extra = drbd_args() if template == "drbd" else {}
+    with patch.dict(cluster_disk.__salt__, {"cmd.run_all": recorder}):
+        cluster_disk.create("web1", 0, "16M", template, source=image, **extra)
+    # drbd: onto the backing LV, before DRBD writes its metadata behind the data
+    assert recorder.calls == [["qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", image, f"/dev/{lvm_storage}/{lv}"]]
+    assert [c[3] for c in drbd_cmd.calls] == (["create-md", "up"] if template == "drbd" else [])
+    assert list(lvs(lvm_storage)) == [lv]
+    cluster_disk.remove("web1", 0, template)
+
+
+def test_an_lv_whose_image_copy_fails_is_removed(lvm_storage, tmp_path):
+    recorder = ConvertRecorder(cluster_disk.__salt__["cmd.run_all"], retcode=1)
+    with patch.dict(cluster_disk.__salt__, {"cmd.run_all": recorder}):
+        with pytest.raises(CommandExecutionError, match="^qemu-img convert .* failed \\(1\\): qemu-img: Could not open"):
+            cluster_disk.create("web1", 0, "16M", "plain", source=os_image(tmp_path, "qcow2"))
+    assert len(recorder.calls) == 1 and lvs(lvm_storage) == {}
+
+
+@pytest.mark.skipif(not HAS_DM, reason=NO_DM)
+def test_an_lv_from_an_image_holds_its_data(lvm_storage, tmp_path):
+    created = cluster_disk.create("web1", 0, "16M", "plain", source=os_image(tmp_path, "raw", size="8M"))
+    try:
+        assert_image_data(created["path"], "raw", "8M")
     finally:
         cluster_disk.remove("web1", 0, "plain")
 
