@@ -28,12 +28,12 @@ def forget_instance(ctx, name):
 
 
 @step
-def create_disk(ctx, node, instance, index, size, template, exact=False, drbd=None):
+def create_disk(ctx, node, instance, index, size, template, exact=False, drbd=None, source=None):
     """Create disk ``index`` on ``node`` unless it exists; ``exact`` sizes are bytes; ``drbd``: the
-    resource (nodes, port, minor, secret) for the drbd template."""
+    resource (nodes, port, minor, secret) for the drbd template; ``source``: the OS image it starts with."""
     try:
         return ctx.rpc.call_one(node, "cluster_disk.create", instance, index, f"{size}B" if exact else size,
-                                template, **(drbd or {}))
+                                template, **(drbd or {}), **({"source": source} if source else {}))
     except NodeError as exc:  # a resumed job finds the disk it made before the interruption
         if ALREADY_EXISTS in str(exc) and ctx.rpc.call_one(node, "cluster_disk.exists", instance, index, template):
             return "exists"
