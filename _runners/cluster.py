@@ -157,12 +157,26 @@ def instances(match="*"):
     return {"outputter": "cluster_table", "data": rows}
 
 
-def add(name, memory="512M", vcpus=1, disks="10G", template=None, nodes=None, start=True, tags=None, test=False):
+def add(name, memory="512M", vcpus=1, disks="10G", template=None, nodes=None, start=True, tags=None, nics=None,
+        image=None, test=False):
     """
     Add an instance: the planner chooses its node unless ``nodes`` is given
     (``node1``; ``node1:node2`` for drbd), then disks are created, the domain is
     defined and started (``start=False``: left admin-down). ``disks`` is a size
     or a list of sizes; ``tags`` a list or comma list of names.
+
+    ``nics``: without it, one NIC on the primary's bridge (pillar
+    ``cluster:nodes:NODE:bridge``, else ``cluster:defaults:bridge``; no NIC when
+    neither is set); ``nics=none``: no NIC; ``nics=br0`` or ``nics=br0,br1``: NICs
+    on these bridges; or a list of ``{bridge, mac, model}`` (quote MACs in YAML).
+    MACs not given are generated (52:54:00:xx:xx:xx, unique in the cluster). Every
+    node that runs the instance must have its bridges: add, migrate, failover and
+    move check it.
+
+    ``image``: the OS image (``*.qcow2``, ``*.raw``/``*.img``, the same path on
+    every node) that disk 0 starts with; default ``cluster:defaults:image``,
+    ``image=none`` for blank disks. Disk 0 keeps its size; a larger image is refused.
+
     ``test=True`` prints the plan and changes nothing.
 
     CLI Example:
@@ -172,9 +186,12 @@ def add(name, memory="512M", vcpus=1, disks="10G", template=None, nodes=None, st
         salt-run cluster.add web1 memory=1G vcpus=2 disks=20G template=file
         salt-run cluster.add db1 memory=4G disks='[20G, 100G]' template=sharedfile nodes=node2 tags=db,prod
         salt-run cluster.add web2 memory=1G test=True
+        salt-run cluster.add web3 memory=1G disks=20G image=/var/lib/vmcluster/images/debian-12.qcow2 nics=br0,br1
+        salt-run cluster.add web4 memory=1G nics='[{bridge: br0, mac: "52:54:00:12:34:56"}]' image=none
     """
     return _operate(instance_ops.add, name, memory, vcpus=vcpus, disks=disks, template=template, nodes=nodes,
-                    start=start, tags=tags.split(",") if isinstance(tags, str) else tags or (), test=test)
+                    start=start, tags=tags.split(",") if isinstance(tags, str) else tags or (), nics=nics,
+                    image=image, test=test)
 
 
 def remove(name, test=False):

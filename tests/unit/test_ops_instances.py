@@ -4,7 +4,8 @@ import pytest
 import salt.cache
 
 from saltext.vmcluster import config
-from saltext.vmcluster.ops import engine, instances
+from saltext.vmcluster.ops import engine, instances, moves
+from saltext.vmcluster.names import ValidationError
 from saltext.vmcluster.store import Store
 
 GIB = 1024**3
@@ -16,6 +17,8 @@ class FakeNodes:
     def __init__(self, synced=True):
         self.calls = []
         self.synced = synced
+        self.bridges = {}  # node -> its bridges
+        self.image_size = 2 * GIB
 
     def call_one(self, node, fun, *args, **kwargs):
         kwargs.pop("rpc_timeout", None)
@@ -23,7 +26,9 @@ class FakeNodes:
         answers = {
             "drbd.status": {args[0]: {"role": "Secondary", "volumes": [{"disk": "Inconsistent"}]}} if args else {},
             "drbd.wait_sync": {"synced": self.synced, "done": 100.0 if self.synced else 42.0},
-            "grains.get": {"storage": {"drbd": "vg0"}, "kvm_usable": True},
+            "grains.get": {"storage": {"drbd": "vg0", "file": "/srv/vmc", "sharedfile": "/mnt/vmc"}, "kvm_usable": True},
+            "cluster_node.bridges": self.bridges.get(node, []),
+            "cluster_disk.image_info": {"size": self.image_size, "format": "qcow2"},
         }
         return answers.get(fun, True)
 
@@ -98,3 +103,100 @@ def test_drbd_add_refuses_what_it_cannot_build(ctx, nodes, message):
     with pytest.raises(engine.OpError, match=message.replace("(", r"\(").replace(")", r"\)")):
         instances.add(ctx, "db1", "1G", disks="10G", template="drbd", nodes=nodes)
     assert ctx.rpc.calls == [] and ctx.store.instances() == {} and ctx.store.jobs() == {}
+
+
+# --- NICs and the OS image ---------------------------------------------------
+
+IMAGE = "/var/lib/vmcluster/images/debian-12.qcow2"
+READS = ("cluster_node.bridges", "cluster_disk.image_info")
+
+
+@pytest.fixture
+def net_ctx(ctx):
+    """node1 has bridge br0 of its own, node2 and node3 none; new instances start from IMAGE."""
+    ctx.cfg = config.load({"cluster": {"nodes": {"node1": {"bridge": "br0"}, "node2": None, "node3": None},
+                                       "defaults": {"image": IMAGE}}})
+    ctx.rpc.bridges = {"node1": ["br0", "br1"], "node2": ["br1"]}
+    return ctx
+
+
+def test_add_plans_one_nic_on_the_node_s_bridge_and_disk_0_from_the_default_image(net_ctx):
+    plan = instances.add(net_ctx, "web1", "512M", disks=["10G", "1G"], nodes="node1", test=True)
+    creates = [line for line in plan["plan"] if line.startswith("create_disk")]
+    assert len(creates) == 2 and f"source={IMAGE}" in creates[0] and "source" not in creates[1]
+    assert {c[1] for c in net_ctx.rpc.calls} == set(READS)  # the dry run only reads
+    assert net_ctx.store.instances() == {} and net_ctx.store.jobs() == {}
+
+
+def test_add_defines_the_domain_with_its_nics_and_creates_disk_0_from_the_image(net_ctx):
+    instances.add(net_ctx, "web0", "512M", disks="10G", nodes="node1")
+    assert [(n["bridge"], n["mac"][:9]) for n in net_ctx.store.instance("web0")["nics"]] == [("br0", "52:54:00:")]
+    instances.add(net_ctx, "web1", "512M", disks=["10G", "1G"], template="sharedfile", nodes="node1", nics="br1,br0")
+    record = net_ctx.store.instance("web1")
+    assert [n["bridge"] for n in record["nics"]] == ["br1", "br0"] and record["image"] == IMAGE
+    define = net_ctx.rpc.funs("cluster_vm.define")[-1]
+    assert define[2][0] == "web1" and define[3]["nics"] == record["nics"]
+    assert [c[3] for c in net_ctx.rpc.funs("cluster_disk.create")][1:] == [{"source": IMAGE}, {}]
+    # the next instance gets other MACs; one that asks for a taken MAC is refused, nothing changed
+    instances.add(net_ctx, "web2", "512M", disks="10G", template="sharedfile", nodes="node1", image="none")
+    other = net_ctx.store.instance("web2")
+    assert len(other["nics"]) == 1 and other["nics"][0]["mac"] not in {n["mac"] for n in record["nics"]}
+    assert other["image"] is None and "source" not in net_ctx.rpc.funs("cluster_disk.create")[-1][3]
+    with pytest.raises(ValidationError, match=r"^nics\[0\].mac: .* the MAC is taken by web1 nic 1"):
+        instances.add(net_ctx, "web3", "512M", disks="10G", nodes="node1", nics={"mac": record["nics"][1]["mac"]})
+    assert sorted(net_ctx.store.instances()) == ["web0", "web1", "web2"]
+
+
+def test_a_node_without_a_bridge_gives_no_nic_unless_one_is_asked_for(net_ctx):
+    instances.add(net_ctx, "web1", "512M", disks="10G", nodes="node2", image="none")
+    assert net_ctx.store.instance("web1")["nics"] == []
+    with pytest.raises(ValidationError, match=r"^nics\[0\].bridge: .*node node2 has no default bridge"):
+        instances.add(net_ctx, "web2", "512M", disks="10G", nodes="node2", nics={"model": "e1000"})
+    instances.add(net_ctx, "web3", "512M", disks="10G", nodes="node1", nics="none")
+    assert net_ctx.store.instance("web3")["nics"] == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"nodes": "node2", "nics": "br0"}, engine.OpError,
+         "nics: bridge br0 of web1 does not exist on node node2; create it there or choose another node"),
+        ({"nodes": "node3"}, engine.OpError, "nics: bridge br0 of web1 does not exist on node node3"),
+        ({"nodes": "node1", "disks": "1G"}, engine.OpError,
+         f"image: {IMAGE} (2147483648 bytes) is larger than disk 0 (1073741824 bytes); give a first disk of at "
+         "least 2048M (disks=)"),
+        ({"nodes": "node1", "image": "debian.qcow2"}, ValidationError, "image: invalid value 'debian.qcow2'"),
+        ({"nodes": "node1", "nics": "br0 br1"}, ValidationError, "nics[0].bridge: invalid value 'br0 br1'"),
+    ],
+)
+def test_add_refuses_missing_bridges_and_images_that_do_not_fit(net_ctx, kwargs, error, message):
+    if kwargs["nodes"] == "node3":  # a cluster-wide default bridge that node3 lacks
+        net_ctx.cfg = config.load({"cluster": {"nodes": ["node1", "node2", "node3"], "defaults": {"bridge": "br0"}}})
+    with pytest.raises(error) as err:
+        instances.add(net_ctx, "web1", "512M", **{"disks": "10G", **kwargs})
+    assert str(err.value).startswith(message)
+    assert {c[1] for c in net_ctx.rpc.calls} <= set(READS) and net_ctx.store.instances() == {}
+
+
+def test_drbd_gets_the_image_on_the_primary_only_and_needs_the_bridge_on_both_nodes(net_ctx):
+    net_ctx.cfg = config.load({"cluster": {"nodes": {
+        "node1": {"replication_address": "192.0.2.1", "bridge": "br1"},
+        "node2": {"replication_address": "192.0.2.2"}}, "defaults": {"image": IMAGE}}})
+    instances.add(net_ctx, "db1", "1G", disks="10G", template="drbd", nodes="node1:node2")
+    creates = sorted((c[0], "source" in c[3]) for c in net_ctx.rpc.funs("cluster_disk.create"))
+    assert creates == [("node1", True), ("node2", False)]
+    net_ctx.rpc.bridges["node2"] = []
+    with pytest.raises(engine.OpError, match="^nics: bridge br1 of db2 does not exist on node node2"):
+        instances.add(net_ctx, "db2", "1G", disks="10G", template="drbd", nodes="node1:node2")
+
+
+@pytest.mark.parametrize(("operation", "template"), [("migrate", "sharedfile"), ("failover", "sharedfile"),
+                                                      ("move", "file")])
+def test_moves_refuse_a_target_without_the_instance_s_bridges(net_ctx, operation, template):
+    instances.add(net_ctx, "web1", "512M", disks="10G", template=template, nodes="node1", nics="br0,br1")
+    net_ctx.rpc.calls.clear()
+    kwargs = {"ignore_consistency": True} if operation == "failover" else {}
+    with pytest.raises(engine.OpError, match="^nics: bridge br0 of web1 does not exist on node node2; create it"):
+        getattr(moves, operation)(net_ctx, "web1", target="node2", **kwargs)
+    assert {c[1] for c in net_ctx.rpc.calls} == {"cluster_node.bridges"}
+    assert net_ctx.store.instance("web1")["primary"] == "node1" and len(net_ctx.store.jobs()) == 1

@@ -9,6 +9,7 @@ import time
 
 from saltext.vmcluster import disks as disk_names
 from saltext.vmcluster import names
+from saltext.vmcluster import nics as nic_specs
 from saltext.vmcluster.ops import steps  # noqa: F401  pylint: disable=unused-import  (registers the steps)
 from saltext.vmcluster.ops.engine import OpError, new_job, plan, run
 from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
@@ -72,10 +73,23 @@ def _choose_nodes(ctx, record, nodes):
     return result.placement.primary, result.placement.secondary
 
 
-def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, start=True, tags=(), test=False):
-    """Create an instance: choose nodes (planner) → disks → define → start."""
+def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, start=True, tags=(), nics=None,
+        image=None, test=False):
+    """Create an instance: choose nodes (planner) → disks (disk 0 from the OS image) → define → start.
+
+    ``nics``: by default one NIC on the primary's bridge (``cluster:nodes:NODE:bridge``, else
+    ``cluster:defaults:bridge``) as ``gnt-instance add`` gives one NIC on the cluster's default link,
+    and none when there is no such bridge; ``none`` (or ``[]``): no NIC; else a bridge, a comma list
+    of bridges, or mappings ``{bridge, mac, model}`` (a NIC without bridge goes on the default one).
+    MACs not given are generated, unique in the cluster. The bridge names are the instance's: every
+    node it runs on must have them (checked here, and before every move).
+    ``image``: the OS image disk 0 starts with, on every node (default ``cluster:defaults:image``;
+    ``none``: blank disks); it must fit in disk 0, which keeps its size.
+    """
     names.name(name, "name")
     template = names.choice(template or ctx.cfg.defaults.get("template", "file"), "template", TEMPLATES)
+    wanted_nics = nic_specs.parse(nics)
+    image = ctx.cfg.defaults.get("image") if image is None else image
     if isinstance(disks, (str, int)):
         disks = [disks]
     record = {
@@ -85,6 +99,7 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
         "vcpus": names.positive_int(vcpus, "vcpus"),
         "disks": [{"size": names.size_bytes(size, f"disks[{i}]")} for i, size in enumerate(disks)],
         "nics": [],
+        "image": None if image in (None, "", "none") else disk_names.image(image, "image"),
         "tags": [names.name(t, "tags") for t in tags],
         "admin_state": "down",
         "created": time.time(),
@@ -99,6 +114,14 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
         raise OpError(f"name: instance {name} already exists; pick another name or remove it first")
     primary, secondary = _choose_nodes(ctx, record, _parse_nodes(nodes))
     record.update(primary=primary, secondary=secondary)
+    bridge = ctx.cfg.bridge_of(primary)
+    record["nics"] = nic_specs.complete(nic_specs.default(bridge) if wanted_nics is None else wanted_nics,
+                                        f"{ctx.cfg.name}/{name}", bridge, primary,
+                                        nic_specs.macs_in_use(ctx.store.instances()))
+    for node in filter(None, (primary, secondary)):
+        check_bridges(ctx, record, node)
+    if record["image"]:
+        _check_image(ctx, record)
     if template == "drbd":
         _add_drbd_resources(ctx, record)
     job_steps = [("record_instance", {"record": record})] + _disk_steps(record)
@@ -107,6 +130,25 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
         job_steps += [("start_domain", {"node": primary, "instance": name}),
                       ("update_instance", {"name": name, "admin_state": "up"})]
     return execute_or_plan(ctx, new_job("add", name, job_steps, instance_locks(record)), test)
+
+
+def check_bridges(ctx, record, node):
+    """OpError unless ``node`` has every bridge the instance's NICs use (a NIC's bridge is the instance's:
+    each node that runs it must provide a bridge of that name)."""
+    wanted = {nic["bridge"] for nic in record.get("nics") or []}
+    missing = sorted(wanted - set(ctx.rpc.call_one(node, "cluster_node.bridges"))) if wanted else []
+    if missing:
+        raise OpError(f"nics: bridge {', '.join(missing)} of {record['name']} does not exist on node {node}; "
+                      "create it there or choose another node")
+
+
+def _check_image(ctx, record):
+    """OpError unless the OS image is on the primary and fits in disk 0."""
+    size = ctx.rpc.call_one(record["primary"], "cluster_disk.image_info", record["image"])["size"]
+    disk = record["disks"][0]["size"]
+    if size > disk:
+        raise OpError(f"image: {record['image']} ({size} bytes) is larger than disk 0 ({disk} bytes); give a "
+                      f"first disk of at least {-(-size // MIB)}M (disks=)")
 
 
 def _replication_address(ctx, node):
@@ -147,13 +189,19 @@ def _disk_steps(record):
         args = {"instance": name, "index": index, "size": disk["size"], "template": template, "exact": True}
         if "drbd" in disk:
             args["drbd"] = disk["drbd"]
-        result += [("create_disk", {"node": node, **args}, f"disk{index}") for node in nodes]
+        result += [("create_disk", {"node": node, **args, **_source(record, node, index)}, f"disk{index}")
+                   for node in nodes]
         if template == "drbd":
             resource = disk_names.disk_name(name, index, "drbd")
             result += [("drbd_initial_primary", {"node": record["primary"], "resource": resource}),
                        ("drbd_wait_sync", {"node": record["primary"], "resource": resource,
                                            "timeout": DRBD_SYNC_TIMEOUT})]
     return result
+
+
+def _source(record, node, index):
+    """``{"source": OS image}`` for disk 0 on the primary (drbd's initial sync copies it to the secondary)."""
+    return {"source": record["image"]} if record["image"] and index == 0 and node == record["primary"] else {}
 
 
 def instance_record(ctx, name):

@@ -26,7 +26,8 @@ with ``ignore_consistency=True`` that the silent node is down.
 
 from saltext.vmcluster import disks, names
 from saltext.vmcluster.ops.engine import OpError, new_job, step
-from saltext.vmcluster.ops.instances import MIB, execute_or_plan, instance_record, instance_locks, live_cluster
+from saltext.vmcluster.ops.instances import (MIB, check_bridges, execute_or_plan, instance_locks, instance_record,
+                                             live_cluster)
 from saltext.vmcluster.ops.steps import domains_on
 from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
 
@@ -64,6 +65,13 @@ def probe(ctx, node):
 
 
 def _target_node(ctx, record, target):
+    """The node to move ``record`` to (:func:`_chosen_target`), which has the bridges of the instance's NICs."""
+    node = _chosen_target(ctx, record, target)
+    check_bridges(ctx, record, node)
+    return node
+
+
+def _chosen_target(ctx, record, target):
     """The node to move ``record`` to: ``target`` checked, or the planner's best other node."""
     primary = record["primary"]
     if record["template"] == "drbd":
