@@ -1,5 +1,6 @@
 """The integration tier: one real lab (salt-master, salt-minions, libvirtd + QEMU per node) per session."""
 
+import contextlib
 import os
 import shutil
 import threading
@@ -81,9 +82,10 @@ def no_double_runs(lab):
     assert thread.doubles == [], "an instance ran on two nodes at once"
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    lab = Lab(f"/tmp/vmc-it-{os.getpid()}")
+@contextlib.contextmanager
+def lab_running(name):
+    """A lab of LAB_NODES nodes at ``/tmp/vmc-it-<pid><name>``, taken down without leftovers afterwards."""
+    lab = Lab(f"/tmp/vmc-it-{os.getpid()}{name}")
     lab.up(nodes=LAB_NODES)
     yield lab
     lab_dir = lab.dir
@@ -93,13 +95,26 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lab():
+    with lab_running("") as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def module_lab(request):
+    """A lab of the module's own, for tests that crash its master (the shared one's clients would not survive)."""
+    with lab_running("-" + request.module.__name__) as own:
+        yield own
+
+
+@pytest.fixture(scope="module")  # a module may use a lab of its own (module_lab)
 def runner(lab):
     client = lab.runner()
     yield client
     client.destroy()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def store(lab):
     """The cluster's store, as the lab master's runner sees it."""
     return Store.from_opts(lab.master_opts())

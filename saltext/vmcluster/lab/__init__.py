@@ -219,11 +219,7 @@ class Lab:
         self.save()
         try:
             self._write_master_config(names)
-            self.state["master"] = _spawn(
-                [str(Path(sys.executable).parent / "salt-master"), "-c", str(self.dir), "--log-level", "quiet"],
-                self.dir / "log" / "master.out",
-            )
-            self.save()
+            self._spawn_master()
             for node in self.nodes:
                 node.write_config()
                 node.start()
@@ -241,6 +237,28 @@ class Lab:
         _write(self.dir / "master", config.render_yaml(master))
         _write(self.dir / "pillar" / "top.sls", config.render_yaml(config.PILLAR_TOP))
         _write(self.dir / "pillar" / "cluster.sls", config.render_yaml(config.cluster_pillar(names)))
+
+    def _spawn_master(self):
+        self.state["master"] = _spawn(
+            [str(Path(sys.executable).parent / "salt-master"), "-c", str(self.dir), "--log-level", "quiet"],
+            self.dir / "log" / "master.out",
+        )
+        self.save()
+
+    def kill_master(self):
+        """Crash the master: SIGKILL to its process group takes its workers with it (the nodes keep running)."""
+        master = self.state.get("master")
+        if master and process_alive(master):
+            os.killpg(master, signal.SIGKILL)
+            _wait_gone([master])
+
+    def restart_master(self, timeout=60):
+        """Start the master again (after :meth:`kill_master`); return when every running node answers it."""
+        master = self.state.get("master")
+        if master and process_alive(master):
+            raise LabError(f"the master already runs (pid {master}); kill_master() first")
+        self._spawn_master()
+        self.wait_ready([node.name for node in self.nodes if node.running()], timeout)
 
     def client(self):
         """A LocalClient talking to this lab's master."""
