@@ -6,6 +6,7 @@ exactly as on a real node. The lab directory doubles as the Salt config dir:
 ``salt-run -c LAB_DIR cluster.nodes`` and ``salt -c LAB_DIR '*' test.ping``.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -77,6 +78,33 @@ def _spawn(argv, log_path):
         return subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         ).pid
+
+
+def bridge_name(lab_dir):
+    """The lab's bridge: ``vmc`` and a hash of the lab dir, so that labs side by side have their own."""
+    return "vmc" + hashlib.sha256(str(lab_dir).encode()).hexdigest()[:8]
+
+
+def _ip(*args):
+    try:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise LabError(f"ip {' '.join(args)} failed ({getattr(exc, 'stderr', '') or exc}); the lab needs root "
+                       "and iproute2") from exc
+
+
+def add_bridge(name):
+    """Create the lab's bridge for instance NICs. The nodes share the host's network namespace, so each
+    has it, as each real node has its br0. It stays down, with no address and no uplink: no frame
+    leaves the lab through it."""
+    if not os.path.isdir(f"/sys/class/net/{name}"):
+        _ip("link", "add", name, "type", "bridge")
+
+
+def remove_bridge(name):
+    """Delete the lab's bridge (the taps of its instances went with their QEMUs)."""
+    if name and os.path.isdir(f"/sys/class/net/{name}"):
+        _ip("link", "del", name)
 
 
 class NamespaceNode:
@@ -215,11 +243,13 @@ class Lab:
             "accel": "kvm" if kvm_usable() else "tcg",
             "master": None,
             "nodes": {name: None for name in names},
+            "bridge": bridge_name(self.dir),
         }
         self.save()
         try:
             self._write_master_config(names)
             self._spawn_master()
+            add_bridge(self.state["bridge"])
             for node in self.nodes:
                 node.write_config()
                 node.start()
@@ -236,7 +266,8 @@ class Lab:
         master = config.master_config(self.dir, self.state["publish_port"], self.state["ret_port"], sls_dir)
         _write(self.dir / "master", config.render_yaml(master))
         _write(self.dir / "pillar" / "top.sls", config.render_yaml(config.PILLAR_TOP))
-        _write(self.dir / "pillar" / "cluster.sls", config.render_yaml(config.cluster_pillar(names)))
+        pillar = config.cluster_pillar(names, self.state["bridge"])
+        _write(self.dir / "pillar" / "cluster.sls", config.render_yaml(pillar))
 
     def _spawn_master(self):
         self.state["master"] = _spawn(
@@ -311,6 +342,7 @@ class Lab:
         return {
             "dir": str(self.dir),
             "accel": self.accel,
+            "bridge": self.state.get("bridge"),
             "master": {"pid": master, "running": bool(master) and process_alive(master)},
             "nodes": {
                 n.name: {"pid": n.pid, "running": n.running(), "libvirt_uri": n.libvirt_uri} for n in self.nodes
@@ -330,6 +362,7 @@ class Lab:
                 if process_alive(pid):
                     os.kill(pid, signal.SIGKILL)
         self._kill_leftovers()
+        remove_bridge(self.state.get("bridge"))
         shutil.rmtree(self.dir, ignore_errors=True)
         self.state = {}
 

@@ -120,11 +120,12 @@ def render_yaml(data):
     return yaml.safe_dump(data, default_flow_style=False, sort_keys=True)
 
 
-def cluster_pillar(node_names):
-    """The ``cluster:`` pillar declaring the lab's nodes; its policy admits the lab's tiny VMs."""
+def cluster_pillar(node_names, bridge):
+    """The ``cluster:`` pillar declaring the lab's nodes, each with the lab's ``bridge`` for instance NICs;
+    its policy admits the lab's tiny VMs."""
     return {"cluster": {
         "name": "lab",
-        "nodes": {name: {} for name in node_names},
+        "nodes": {name: {"bridge": bridge} for name in node_names},
         "ipolicy": {"min": {"memory": "32M", "disk": "16M"}, "std": {"memory": "64M", "disk": "256M"}},
     }}
 
