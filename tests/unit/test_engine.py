@@ -1,13 +1,15 @@
-"""The journaled engine with steps of its own (the node RPC is not involved)."""
+"""The journaled engine with steps of its own (the node RPC only where a step calls nodes: Salt's client faked)."""
 
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import salt.cache
 
 from saltext.vmcluster.ops import engine
+from saltext.vmcluster.rpc import NodeRPC
 from saltext.vmcluster.store import Store
 
 CALLS = []
@@ -119,3 +121,59 @@ def test_parallelism_is_bounded_by_the_context(ctx):
     started = time.monotonic()
     engine.run(ctx, job)
     assert time.monotonic() - started >= 0.9  # one at a time
+
+
+class NodesClient:
+    """Salt's LocalClient.cmd as nodes answer it; ``saltutil.running`` answers come from ``running``, one a look."""
+
+    def __init__(self, running):
+        self.running = running
+        self.published = []  # (function, metadata)
+
+    def cmd(self, tgt, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None, full_return=False,
+            gather_job_timeout=None, metadata=None):
+        self.published.append((fun, metadata))
+        if fun == "saltutil.running":
+            return {node: self.running.pop(0) if self.running else [] for node in tgt}
+        return {node: {"ret": "migrated", "retcode": 0} if full_return else "migrated" for node in tgt}
+
+
+class FakeClientRPC(NodeRPC):
+    def __init__(self, client):
+        super().__init__({})
+        self.fake = client
+
+    @property
+    def client(self):
+        return self.fake
+
+
+@engine.step
+def _t_migrate(ctx, node):
+    return ctx.rpc.call_one(node, "cluster_vm.migrate", "web1")
+
+
+def test_an_interrupted_step_waits_for_the_calls_it_left_on_the_nodes(ctx, monkeypatch):
+    monkeypatch.setattr(engine, "NODE_CALLS_POLL", 0.01)
+    job = engine.new_job("migrate", "web1", [("_t_migrate", {"node": "node1"})], [])
+    tag = f"{job['id']}/0"
+    ours = {"fun": "cluster_vm.migrate", "metadata": {"vmcluster_step": tag}}
+    other = {"fun": "cluster_vm.migrate", "metadata": {"vmcluster_step": "another-job/0"}}
+    client = NodesClient(running=[[ours, other], [ours], [other, {"fun": "test.ping"}]])
+    ctx.rpc, ctx.cfg = FakeClientRPC(client), SimpleNamespace(nodes={"node1": None})
+    job["state"], job["owner"] = "running", {"pid": 999999999, "host": "elsewhere"}
+    job["steps"][0]["state"] = "running"  # the runner died while node1 migrated
+    ctx.store.put_job(job)
+    engine.resume(ctx, job["id"])
+    # asked until node1 no longer ran the step's call; the repeated call carries the step's tag again
+    assert client.published == [("saltutil.running", None)] * 3 + [("cluster_vm.migrate", {"vmcluster_step": tag})]
+    assert ctx.store.job(job["id"])["steps"][0]["result"] == "migrated"
+    waits = [data["message"] for name, data in ctx.extra["events"] if name == "op/migrate/wait"]
+    assert waits == ["migrate web1: step 1 waits for the calls its interrupted run left running: node1 cluster_vm.migrate"]
+
+
+def test_a_first_run_asks_no_node_about_earlier_calls(ctx):
+    client = NodesClient(running=[])
+    ctx.rpc, ctx.cfg = FakeClientRPC(client), SimpleNamespace(nodes={"node1": None})
+    job = engine.run(ctx, engine.new_job("migrate", "web1", [("_t_migrate", {"node": "node1"})], []))
+    assert client.published == [("cluster_vm.migrate", {"vmcluster_step": f"{job['id']}/0"})]

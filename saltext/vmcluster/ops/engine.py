@@ -4,8 +4,11 @@ An operation is a job: a list of steps written to the store before anything
 runs and ticked off as each completes, under the locks of every instance and
 node it touches. Steps are idempotent (each checks before it acts), so a job
 cut short by a crash of the master or the runner is finished by running its
-first unfinished step again: ``cluster.resume JOB``. Steps that share a
-``set`` number touch disjoint instances and nodes and run in parallel.
+first unfinished step again: ``cluster.resume JOB``. A node goes on with its
+call when its master dies, so a step cut short is repeated only once no node
+runs a call of its earlier run any more (each node call carries its step in its
+Salt job metadata). Steps that share a ``set`` number touch disjoint instances
+and nodes and run in parallel.
 """
 
 import itertools
@@ -16,10 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from saltext.vmcluster.rpc import calls_of_step
 from saltext.vmcluster.store import DEFAULT_LOCK_TIMEOUT
 
 STEPS = {}
 DEFAULT_MAX_PARALLEL = 8
+NODE_CALLS_POLL = 1.0  # seconds between looks at the calls an interrupted step left on the nodes
 
 
 class OpError(Exception):
@@ -101,16 +106,39 @@ class _Journal:
             self.ctx.store.put_job(self.job)
 
 
+def _await_node_calls(ctx, job, index, tag):
+    """Wait until no node runs a call that the interrupted run of step ``index`` made.
+
+    A node carries out its call without its master (a migration, a disk copy):
+    repeating the step beside it would start the same work twice.
+    """
+    nodes = sorted(node for node in ctx.cfg.nodes if not ctx.store.node_flags(node)["offline"])
+    told = False
+    while under_way := ctx.rpc.calls_under_way(nodes, tag, timeout=5):
+        if not told:
+            calls = ", ".join(f"{node} {' '.join(funs)}" for node, funs in sorted(under_way.items()))
+            ctx.event(f"op/{job['operation']}/wait", {
+                "job": job["id"], "step": index + 1,
+                "message": f"{job['operation']} {job['target']}: step {index + 1} waits for the calls its "
+                           f"interrupted run left running: {calls}"})
+            told = True
+        time.sleep(NODE_CALLS_POLL)
+
+
 def _run_step(journal, index):
     ctx, job = journal.ctx, journal.job
     entry = job["steps"][index]
+    tag = f"{job['id']}/{index}"  # the step's node calls carry it
+    if entry["state"] == "running":  # interrupted (a dead runner or master)
+        _await_node_calls(ctx, job, index, tag)
     journal.update(entry, state="running", started=time.time())
     try:
         ctx.event(f"op/{job['operation']}/step", {
             "job": job["id"], "step": index + 1, "of": len(job["steps"]), "name": entry["name"],
             "message": f"{job['operation']} {job['target']}: step {index + 1}/{len(job['steps'])} {describe(entry)}",
         })
-        result = STEPS[entry["name"]](ctx, **entry["args"])
+        with calls_of_step(tag):
+            result = STEPS[entry["name"]](ctx, **entry["args"])
     except Exception as exc:  # pylint: disable=broad-except
         journal.update(entry, state="failed", error=str(exc))
         raise
