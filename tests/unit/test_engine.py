@@ -36,13 +36,39 @@ def _t_slow(ctx, name):
     time.sleep(0.3)
 
 
+class NodesClient:
+    """Salt's LocalClient.cmd as nodes answer it; ``saltutil.running`` answers come from ``running``, one a look."""
+
+    def __init__(self, running):
+        self.running = running
+        self.published = []  # (function, metadata)
+
+    def cmd(self, tgt, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None, full_return=False,
+            gather_job_timeout=None, metadata=None):
+        self.published.append((fun, metadata))
+        if fun == "saltutil.running":
+            return {node: self.running.pop(0) if self.running else [] for node in tgt}
+        return {node: {"ret": "migrated", "retcode": 0} if full_return else "migrated" for node in tgt}
+
+
+class FakeClientRPC(NodeRPC):
+    def __init__(self, client):
+        super().__init__({})
+        self.fake = client
+
+    @property
+    def client(self):
+        return self.fake
+
+
 @pytest.fixture
 def ctx(tmp_path):
     CALLS.clear()
     cache = salt.cache.factory({"cache": "localfs", "cachedir": str(tmp_path / "cache")})
     events = []
-    return engine.Context(store=Store(cache, tmp_path / "locks"), rpc=None, cfg=None,
-                          fire=lambda tag, data: events.append((tag, data)), extra={"events": events})
+    return engine.Context(store=Store(cache, tmp_path / "locks"), rpc=FakeClientRPC(NodesClient(running=[])),
+                          cfg=SimpleNamespace(nodes={"node1": None}), fire=lambda tag, data: events.append((tag, data)),
+                          extra={"events": events})
 
 
 def test_a_job_is_journaled_and_run_in_order(ctx):
@@ -69,6 +95,7 @@ def test_a_failed_job_names_the_resume_command_and_resumes_from_the_failed_step(
     assert ctx.store.job(job["id"])["state"] == "done"
     # the done step was not repeated; the failed one was
     assert CALLS == [("record", 1), ("fail_once", "k"), ("fail_once", "k"), ("record", 3)]
+    assert ctx.rpc.client.published == [("saltutil.running", None)]  # calls of the failed run still under way?
 
 
 def test_resume_of_an_interrupted_job_skips_done_steps(ctx):
@@ -123,31 +150,6 @@ def test_parallelism_is_bounded_by_the_context(ctx):
     assert time.monotonic() - started >= 0.9  # one at a time
 
 
-class NodesClient:
-    """Salt's LocalClient.cmd as nodes answer it; ``saltutil.running`` answers come from ``running``, one a look."""
-
-    def __init__(self, running):
-        self.running = running
-        self.published = []  # (function, metadata)
-
-    def cmd(self, tgt, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None, full_return=False,
-            gather_job_timeout=None, metadata=None):
-        self.published.append((fun, metadata))
-        if fun == "saltutil.running":
-            return {node: self.running.pop(0) if self.running else [] for node in tgt}
-        return {node: {"ret": "migrated", "retcode": 0} if full_return else "migrated" for node in tgt}
-
-
-class FakeClientRPC(NodeRPC):
-    def __init__(self, client):
-        super().__init__({})
-        self.fake = client
-
-    @property
-    def client(self):
-        return self.fake
-
-
 @engine.step
 def _t_migrate(ctx, node):
     return ctx.rpc.call_one(node, "cluster_vm.migrate", "web1")
@@ -159,8 +161,8 @@ def test_an_interrupted_step_waits_for_the_calls_it_left_on_the_nodes(ctx, monke
     tag = f"{job['id']}/0"
     ours = {"fun": "cluster_vm.migrate", "metadata": {"vmcluster_step": tag}}
     other = {"fun": "cluster_vm.migrate", "metadata": {"vmcluster_step": "another-job/0"}}
-    client = NodesClient(running=[[ours, other], [ours], [other, {"fun": "test.ping"}]])
-    ctx.rpc, ctx.cfg = FakeClientRPC(client), SimpleNamespace(nodes={"node1": None})
+    client = ctx.rpc.client
+    client.running += [[ours, other], [ours], [other, {"fun": "test.ping"}]]
     job["state"], job["owner"] = "running", {"pid": 999999999, "host": "elsewhere"}
     job["steps"][0]["state"] = "running"  # the runner died while node1 migrated
     ctx.store.put_job(job)
@@ -169,11 +171,9 @@ def test_an_interrupted_step_waits_for_the_calls_it_left_on_the_nodes(ctx, monke
     assert client.published == [("saltutil.running", None)] * 3 + [("cluster_vm.migrate", {"vmcluster_step": tag})]
     assert ctx.store.job(job["id"])["steps"][0]["result"] == "migrated"
     waits = [data["message"] for name, data in ctx.extra["events"] if name == "op/migrate/wait"]
-    assert waits == ["migrate web1: step 1 waits for the calls its interrupted run left running: node1 cluster_vm.migrate"]
+    assert waits == ["migrate web1: step 1 waits for the calls its earlier run left running: node1 cluster_vm.migrate"]
 
 
 def test_a_first_run_asks_no_node_about_earlier_calls(ctx):
-    client = NodesClient(running=[])
-    ctx.rpc, ctx.cfg = FakeClientRPC(client), SimpleNamespace(nodes={"node1": None})
     job = engine.run(ctx, engine.new_job("migrate", "web1", [("_t_migrate", {"node": "node1"})], []))
-    assert client.published == [("cluster_vm.migrate", {"vmcluster_step": f"{job['id']}/0"})]
+    assert ctx.rpc.client.published == [("cluster_vm.migrate", {"vmcluster_step": f"{job['id']}/0"})]

@@ -5,8 +5,8 @@ runs and ticked off as each completes, under the locks of every instance and
 node it touches. Steps are idempotent (each checks before it acts), so a job
 cut short by a crash of the master or the runner is finished by running its
 first unfinished step again: ``cluster.resume JOB``. A node goes on with its
-call when its master dies, so a step cut short is repeated only once no node
-runs a call of its earlier run any more (each node call carries its step in its
+call when its master dies, so a step cut short (or failed) is repeated only
+once no node runs a call of its earlier run any more (each node call carries its step in its
 Salt job metadata). Steps that share a ``set`` number touch disjoint instances
 and nodes and run in parallel.
 """
@@ -107,7 +107,7 @@ class _Journal:
 
 
 def _await_node_calls(ctx, job, index, tag):
-    """Wait until no node runs a call that the interrupted run of step ``index`` made.
+    """Wait until no node runs a call that the earlier run of step ``index`` made.
 
     A node carries out its call without its master (a migration, a disk copy):
     repeating the step beside it would start the same work twice.
@@ -120,7 +120,7 @@ def _await_node_calls(ctx, job, index, tag):
             ctx.event(f"op/{job['operation']}/wait", {
                 "job": job["id"], "step": index + 1,
                 "message": f"{job['operation']} {job['target']}: step {index + 1} waits for the calls its "
-                           f"interrupted run left running: {calls}"})
+                           f"earlier run left running: {calls}"})
             told = True
         time.sleep(NODE_CALLS_POLL)
 
@@ -129,7 +129,7 @@ def _run_step(journal, index):
     ctx, job = journal.ctx, journal.job
     entry = job["steps"][index]
     tag = f"{job['id']}/{index}"  # the step's node calls carry it
-    if entry["state"] == "running":  # interrupted (a dead runner or master)
+    if entry["state"] in ("running", "failed"):  # interrupted (a dead runner), or failed (e.g. its master died)
         _await_node_calls(ctx, job, index, tag)
     journal.update(entry, state="running", started=time.time())
     try:
