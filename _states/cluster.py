@@ -142,8 +142,9 @@ def pillar_valid(name):
         cluster-pillar:
           cluster.pillar_valid
     """
+    declaration = __salt__["pillar.get"]("cluster", None, unmask=True)
     try:
-        cfg = config.load(__pillar__)
+        cfg = config.load({} if declaration is None else {"cluster": declaration})
     except ValidationError as exc:
         return {"name": name, "result": False, "changes": {}, "comment": f"invalid cluster pillar: {exc}"}
     return {"name": name, "result": True, "changes": {},

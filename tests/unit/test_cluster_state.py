@@ -66,7 +66,11 @@ def pillar():
 
 @pytest.fixture
 def configure_loader_modules(opts, runner, pillar):
-    return {cluster_state: {"__opts__": opts, "__salt__": {"saltutil.runner": runner}, "__pillar__": pillar}}
+    def pillar_get(key, default=None, unmask=False):
+        assert unmask  # the master's own use: plain values
+        return pillar.get(key, default)
+
+    return {cluster_state: {"__opts__": opts, "__salt__": {"saltutil.runner": runner, "pillar.get": pillar_get}}}
 
 
 def test_present_adds_then_has_nothing_to_do(runner):
@@ -128,3 +132,5 @@ def test_pillar_valid_names_the_key_path(pillar):
     pillar["cluster"]["instances"]["web1"]["memroy"] = 1
     ret = cluster_state.pillar_valid("cluster")
     assert ret["result"] is False and "cluster:instances:web1:memroy" in ret["comment"]
+    del pillar["cluster"]
+    assert "declare the cluster in pillar" in cluster_state.pillar_valid("cluster")["comment"]
