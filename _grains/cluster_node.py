@@ -1,8 +1,9 @@
 """Grain ``cluster_node``: static facts of a vmcluster node.
 
 cpus, CPU model, memory total, hypervisor type and version, libvirt version,
-whether KVM is usable, the storage configured for instances (minion config
-``vmcluster:storage``) and the DRBD userspace and kernel versions (None when absent).
+whether KVM is usable, the storage configured for instances and how other nodes
+reach this one for migrations (minion config ``vmcluster:storage`` and
+``vmcluster:migration``) and the DRBD userspace and kernel versions (None when absent).
 """
 
 import logging
@@ -64,6 +65,7 @@ def cluster_node():
             "cpu_model": nodefacts.cpu_model(_read("/proc/cpuinfo")),
             "memory_total": nodefacts.parse_meminfo(_read("/proc/meminfo")).get("MemTotal"),
             "storage": (__opts__.get("vmcluster") or {}).get("storage", {}),
+            "migration": (__opts__.get("vmcluster") or {}).get("migration", {}),
             "drbd": _drbd(),
             **_hypervisor(),
         }

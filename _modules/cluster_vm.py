@@ -128,20 +128,21 @@ def build_xml(name, memory, **spec):
     return domxml.build(_spec(name, memory, spec))
 
 
-def define(name, memory, **spec):
+def define(name, memory, start=False, **spec):
     """
     Define (or redefine) domain ``name``; takes the arguments of ``build_xml``.
 
     Redefining keeps the domain's UUID and changes its persistent definition only: a
     running domain picks the change up at its next start. Autostart stays off.
-    Returns ``{"name", "uuid", "created"}``.
+    ``start=True`` also starts it (in the same call) unless it runs already.
+    Returns ``{"name", "uuid", "created", "started"}``.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt node1 cluster_vm.define web1 512M vcpus=2 disks='[/srv/vm/web1.qcow2]' nics='[br0]'
-        salt node1 cluster_vm.define web1 1G type=qemu serial=/var/log/vm/web1.log vnc=True
+        salt node1 cluster_vm.define web1 1G type=qemu serial=/var/log/vm/web1.log vnc=True start=True
     """
     instance = _spec(name, memory, spec)
     with _connect() as conn:
@@ -150,7 +151,10 @@ def define(name, memory, **spec):
             instance = dataclasses.replace(instance, uuid=existing.UUIDString())
         dom = conn.defineXML(domxml.build(instance))
         _no_autostart(dom)
-        return {"name": name, "uuid": dom.UUIDString(), "created": existing is None}
+        started = bool(start) and not dom.isActive()
+        if started:
+            dom.create()
+        return {"name": name, "uuid": dom.UUIDString(), "created": existing is None, "started": started}
 
 
 def start(name):
@@ -187,15 +191,24 @@ def shutdown(name, timeout=60):
     with _domain(name) as (_conn, dom):
         if not dom.isActive():
             return {"stopped": False, "forced": False}
+        return {"stopped": True, "forced": _stop(dom, timeout)}
+
+
+def _stop(dom, timeout):
+    """Stop a domain: ACPI, then power off after ``timeout`` seconds (0: at once). True if forced."""
+    if not dom.isActive():
+        return False
+    if timeout:
         dom.shutdown()
         deadline = time.monotonic() + timeout
         while dom.isActive() and time.monotonic() < deadline:
             time.sleep(SHUTDOWN_POLL)
-        forced = bool(dom.isActive())
-        if forced:
-            log.warning("cluster_vm: %s ignored ACPI shutdown for %ss; power off", name, timeout)
-            _destroy(dom)
-        return {"stopped": True, "forced": forced}
+    forced = bool(dom.isActive())
+    if forced:
+        if timeout:
+            log.warning("cluster_vm: %s ignored ACPI shutdown for %ss; power off", dom.name(), timeout)
+        _destroy(dom)
+    return forced
 
 
 def destroy(name):
@@ -255,6 +268,32 @@ def _undefine(dom):
     dom.undefineFlags(
         libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
     )
+
+
+def release(name, timeout=60):
+    """
+    Make sure domain ``name`` no longer runs here and is not defined here: shut it down
+    through ACPI, powered off after ``timeout`` seconds (``0``: at once), then undefine
+    it (its disks stay). A domain that is not defined is fine.
+
+    Returns ``{"state": its state before, or None if it was not defined, "forced": bool}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 cluster_vm.release web1 timeout=0
+    """
+    timeout = _valid(names.positive_int, timeout, "timeout", minimum=0)
+    _valid(names.name, name)
+    with _connect() as conn:
+        dom = _find(conn, name)
+        if dom is None:
+            return {"state": None, "forced": False}
+        state = _state(dom)
+        forced = _stop(dom, timeout)
+        _undefine(dom)
+        return {"state": state, "forced": forced}
 
 
 def list_domains():
@@ -444,15 +483,19 @@ def _run_hooks(hooks, field):
 
 
 def _target_disks(mapping, disks):
-    """Check ``{target dev: path on the target node}`` against the domain's ``disks``."""
+    """``{target dev: path on the target node}`` from ``mapping`` (by target dev, or a list in
+    the order of the domain's ``disks``), checked against them."""
     if mapping is None:
         return {}
+    known = [disk["target"] for disk in disks]
+    if isinstance(mapping, list) and len(mapping) == len(known):
+        mapping = dict(zip(known, mapping))
     if not isinstance(mapping, dict):
         raise SaltInvocationError(
             f"target_disks: invalid value {mapping!r}: give a mapping of disk target to its path "
-            "on the target node, e.g. {vda: /srv/vmc/instances/web1/disk0.qcow2}"
+            "on the target node, e.g. {vda: /srv/vmc/instances/web1/disk0.qcow2}, or a list of "
+            f"{len(known)} paths in the order of the domain's disks ({', '.join(known)})"
         )
-    known = [disk["target"] for disk in disks]
     for target, path in mapping.items():
         if target not in known:
             raise SaltInvocationError(
@@ -460,6 +503,39 @@ def _target_disks(mapping, disks):
             )
         _valid(names.path, path, f"target_disks:{target}")
     return mapping
+
+
+def _target_images(dom, copied, paths):
+    """The image files to create on the target: each copied file disk at its target path, same
+    format, exactly the source's virtual size."""
+    images = []
+    for disk in copied:
+        size = dom.blockInfo(disk["target"])[0]
+        if disk["format"] not in disks.FORMATS or size % 1024:
+            raise CommandExecutionError(
+                f"create_target_disks: disk {disk['target']} ({disk['format']}, {size} bytes) cannot be "
+                "created through libvirt (qcow2/raw images of whole KiB only); create it on the target with "
+                "cluster_disk.create and migrate without create_target_disks"
+            )
+        images.append({"path": paths.get(disk["target"], disk["path"]), "format": disk["format"], "size": size})
+    return images
+
+
+def _remove_source_images(name, copied):
+    """Delete the copied source image files (and the instance's folder once empty); block devices
+    are left to ``cluster_disk``. Returns ``(removed, left)``."""
+    removed, left = [], []
+    for disk in copied:
+        if os.path.isfile(disk["path"]):
+            os.remove(disk["path"])
+            removed.append(disk["path"])
+        else:
+            left.append(disk["path"])
+    for folder in {os.path.dirname(path) for path in removed}:
+        if os.path.basename(folder) == name:  # <storage>/<instance>/diskN: the instance's own folder
+            with contextlib.suppress(OSError):  # not empty: someone else's files stay
+                os.rmdir(folder)
+    return removed, left
 
 
 def _with_disk_paths(xml, paths):
@@ -483,6 +559,7 @@ def migrate(
     post_migrate=None,
     remove_source_disks=True,
     target_disks=None,
+    create_target_disks=False,
     unsafe=False,
 ):
     """
@@ -492,10 +569,16 @@ def migrate(
 
     copy_storage
         Copy the disks over the migration stream (adds NON_SHARED_DISK), for disks that
-        are not shared. The target disks must already exist with exactly the same
-        virtual size (see ``disk_info``). After success the source image files are
-        deleted when ``remove_source_disks`` is true; block devices (LVs) are left to
+        are not shared. The target disks must exist with exactly the same virtual size
+        (see ``disk_info``), or be made by ``create_target_disks``. After success the
+        source image files are deleted when ``remove_source_disks`` is true (with the
+        instance's folder once it is empty); block devices (LVs) are left to
         ``cluster_disk`` and listed under ``left_disks``.
+    create_target_disks
+        With ``copy_storage``: create the missing target image files (same format, exactly
+        the source's virtual size) through the target's libvirt before migrating, so no
+        separate call to the target node is needed. Image files only; a block device
+        (LV) must exist on the target (``cluster_disk.create``).
     migrate_uri
         Where QEMU sends the data (``tcp://10.0.0.2``) when it differs from the
         target's own address.
@@ -507,16 +590,17 @@ def migrate(
         those: the place for DRBD dual-primary (allow two primaries, then demote).
         A failing ``pre_migrate`` stops before anything moved.
     target_disks
-        ``{target: path}`` for disks whose path differs on the target node (another
-        storage directory or volume group, another DRBD minor), e.g.
-        ``{vda: /srv/vmc/instances/web1/disk0.qcow2}`` as ``cluster_disk.create``
-        returned it there. Without it the target opens the source's paths.
+        Paths of the disks on the target node where they differ (another storage
+        directory or volume group, another DRBD minor): ``{target dev: path}``, e.g.
+        ``{vda: /srv/vmc/instances/web1/disk0.qcow2}``, or a list of paths in the order
+        of the domain's disks. Without it the target opens the source's paths.
     unsafe
         Migrate disks that neither are copied nor have ``cache=none`` although
         libvirt does not recognise their file system as shared (adds UNSAFE):
         only for storage the operator knows to be coherent on both nodes.
 
-    Returns ``{"name", "target_uri", "copy_storage", "seconds", "removed_disks", "left_disks"}``.
+    Returns ``{"name", "target_uri", "copy_storage", "seconds", "created_disks",
+    "removed_disks", "left_disks"}``.
 
     CLI Example:
 
@@ -524,7 +608,7 @@ def migrate(
 
         salt node1 cluster_vm.migrate web1 qemu+tcp://node2/system copy_storage=True
         salt node1 cluster_vm.migrate web1 qemu+tcp://node2/system copy_storage=True \\
-            target_disks='{vda: /vm/web1/disk0.qcow2}'
+            target_disks='[/vm/web1/disk0.qcow2]' create_target_disks=True
     """
     _valid(names.uri, target_uri, "target_uri")
     params = {}
@@ -550,6 +634,7 @@ def migrate(
             )
         disks = [d for d in domxml.disk_targets(dom.XMLDesc(0)) if d["device"] == "disk"]
         paths = _target_disks(target_disks, disks)
+        images = _target_images(dom, disks, paths) if copy_storage and create_target_disks else []
         if paths:
             # the running domain's XML and its persistent definition both name the disks
             migratable = libvirt.VIR_DOMAIN_XML_MIGRATABLE
@@ -562,22 +647,19 @@ def migrate(
         _run_hooks(before, "pre_migrate")
         began = time.monotonic()
         with _connect(target_uri) as dconn:
-            _no_autostart(dom.migrate3(dconn, params, flags))
+            with hypervisor.new_image_files(dconn, images, f"vmcluster-migrate-{name}") as created:
+                _no_autostart(dom.migrate3(dconn, params, flags))
         seconds = round(time.monotonic() - began, 3)
     _run_hooks(after, "post_migrate")
     removed, left = [], []
     if copy_storage and remove_source_disks:
-        for disk in disks:
-            if os.path.isfile(disk["path"]):
-                os.remove(disk["path"])
-                removed.append(disk["path"])
-            else:
-                left.append(disk["path"])
+        removed, left = _remove_source_images(name, disks)
     return {
         "name": name,
         "target_uri": target_uri,
         "copy_storage": bool(copy_storage),
         "seconds": seconds,
+        "created_disks": created,
         "removed_disks": removed,
         "left_disks": left,
     }

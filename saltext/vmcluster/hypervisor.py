@@ -3,6 +3,7 @@
 import contextlib
 import os
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -73,3 +74,60 @@ def domains(conn):
             }
         )
     return result
+
+
+def _pool_xml(name, directory):
+    return (f"<pool type='dir'><name>{escape(name)}</name><target><path>{escape(directory)}</path>"
+            "<permissions><mode>0750</mode></permissions></target></pool>")
+
+
+def _volume_xml(file_name, fmt, capacity):
+    return (f"<volume><name>{escape(file_name)}</name><capacity unit='bytes'>{int(capacity)}</capacity>"
+            f"<allocation>0</allocation><target><format type='{escape(fmt)}'/></target></volume>")
+
+
+@contextlib.contextmanager
+def _dir_pool(conn, name, directory):
+    """A transient libvirt directory pool on ``directory`` (made if missing), gone on exit."""
+    with contextlib.suppress(libvirt.libvirtError):  # left by an interrupted call
+        conn.storagePoolLookupByName(name).destroy()
+    pool = conn.storagePoolCreateXML(_pool_xml(name, directory), libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
+    try:
+        yield pool
+    finally:
+        pool.destroy()
+
+
+def _by_folder(paths):
+    folders = {}
+    for path in paths:
+        folders.setdefault(os.path.dirname(path), []).append(path)
+    return sorted(folders.items())
+
+
+@contextlib.contextmanager
+def new_image_files(conn, images, pool_name):
+    """Create image files ``[{"path", "format", "size"}]`` (exact virtual sizes in bytes) through the
+    libvirt at ``conn`` — a node reached only through its libvirtd — and yield the paths created;
+    existing files are left as they are. If the block fails, the files created are deleted again.
+
+    libvirt sizes new qcow2 images in KiB, so a size must be a multiple of 1024.
+    """
+    formats = {image["path"]: image for image in images}
+    created = []
+    for number, (folder, paths) in enumerate(_by_folder(formats)):
+        with _dir_pool(conn, f"{pool_name}-{number}", folder) as pool:
+            present = set(pool.listVolumes())
+            for path in paths:
+                if os.path.basename(path) not in present:
+                    pool.createXML(_volume_xml(os.path.basename(path), formats[path]["format"],
+                                               formats[path]["size"]), 0)
+                    created.append(path)
+    try:
+        yield created
+    except BaseException:
+        for number, (folder, paths) in enumerate(_by_folder(created)):
+            with _dir_pool(conn, f"{pool_name}-{number}", folder) as pool:
+                for path in paths:
+                    pool.storageVolLookupByName(os.path.basename(path)).delete(0)
+        raise

@@ -110,11 +110,29 @@ def test_file_instance_live_migrates_with_its_data(lab, salt_client, instance):
     assert info["autostart"] is False and info["persistent"] is True
     assert [d["path"] for d in info["disks"]] == [target["path"]]
     assert _ok(salt_client, "node1", "cluster_disk.exists", name, 0, "file") is False
+    assert not os.path.exists(source["path"]) and not os.path.exists(os.path.dirname(source["path"]))
+
+    # a migration that fails (the target cannot listen on that address) leaves no disk behind there
+    failed = _fails(
+        salt_client, "node2", "cluster_vm.migrate", name, lab.node("node1").libvirt_uri, copy_storage=True,
+        migrate_uri="tcp://192.0.2.1", target_disks=[source["path"]], create_target_disks=True,
+    )  # fmt: skip
+    assert "libvirt" in failed and _domains(salt_client, "node2")[name] == "running"
     assert not os.path.exists(source["path"])
 
-    _ok(salt_client, "node2", "cluster_vm.destroy", name)
-    _qemu_io(salt_client, "node2", target["path"], f"read -P {PATTERN} 0 1M")
-    _qemu_io(salt_client, "node2", target["path"], "read -P 0 1M 1M")  # and nothing else was written
+    # and back in one call: the source node makes the target's image through the target's libvirt
+    back = _ok(
+        salt_client, "node2", "cluster_vm.migrate", name, lab.node("node1").libvirt_uri, copy_storage=True,
+        migrate_uri="tcp://127.0.0.1", target_disks=[source["path"]], create_target_disks=True,
+    )  # fmt: skip
+    assert back["created_disks"] == [source["path"]] and back["removed_disks"] == [target["path"]]
+    assert _domains(salt_client, "node1")[name] == "running" and name not in _domains(salt_client, "node2")
+    assert _disk_sizes(salt_client, "node1", name) == {0: source["size"]}
+    assert not os.path.exists(os.path.dirname(target["path"]))  # the instance's folder went with its disk
+
+    _ok(salt_client, "node1", "cluster_vm.destroy", name)
+    _qemu_io(salt_client, "node1", source["path"], f"read -P {PATTERN} 0 1M")
+    _qemu_io(salt_client, "node1", source["path"], "read -P 0 1M 1M")  # and nothing else was written
 
 
 def test_sharedfile_instance_restarts_elsewhere_and_the_stale_copy_is_removed(lab, salt_client, instance):

@@ -199,3 +199,24 @@ def test_migrate_failure_is_reported(name):
     with pytest.raises(CommandExecutionError, match="libvirt"):
         cluster_vm.migrate(name, "test:///default", copy_storage=True, pre_migrate=["test.true"])
     assert cluster_vm.list_domains()[name] == "running"
+
+
+def test_define_and_start_in_one_call_then_release(conn, name):
+    assert define(name, start=True) == {"name": name, "uuid": conn.lookupByName(name).UUIDString(),
+                                        "created": True, "started": True}
+    assert define(name, start=True)["started"] is False  # it runs already
+    assert cluster_vm.list_domains()[name] == "running"
+    assert cluster_vm.release(name, timeout=0) == {"state": "running", "forced": True}
+    assert name not in names_on(conn)
+    assert cluster_vm.release(name) == {"state": None, "forced": False}
+    define(name)
+    assert cluster_vm.release(name, timeout=5) == {"state": "shutoff", "forced": False}
+    assert name not in names_on(conn)
+
+
+def test_migrate_target_disks_by_order_must_name_every_disk(conn, name):
+    define(name, disks=["/srv/vm/disk0.qcow2", "/srv/vm/disk1.qcow2"])
+    cluster_vm.start(name)
+    with pytest.raises(SaltInvocationError, match="target_disks: invalid value .* a list of 2 paths"):
+        cluster_vm.migrate(name, "test:///default", copy_storage=True, target_disks=["/x/disk0.qcow2"])
+    assert cluster_vm.list_domains()[name] == "running"

@@ -53,8 +53,7 @@ class FakeNodes:
         self.calls = []
         self.handlers = {
             "cluster_vm.list_domains": lambda node: dict(self.domains.get(node, {})),
-            "config.get": lambda node, key: {"uri": f"qemu+tcp://{node}.example/system",
-                                             "address": f"192.0.2.{node[-1]}"},
+            "grains.get": lambda node, key: node_facts(node),
             "cluster_disk.info": lambda node, name, index, template: {"size": DISK, "path": f"/srv/{name}/disk{index}"},
             "cluster_node.resources": lambda node: resources({"node2": 1000, "node3": 6000}.get(node, 4000)),
         }
@@ -64,7 +63,7 @@ class FakeNodes:
 
     def call_one(self, node, fun, *args, rpc_timeout=60, **kwargs):
         if node in self.silent:
-            raise NodeError(node, fun, f"no answer within {rpc_timeout}s")
+            raise NodeError(node, fun, f"no answer within {rpc_timeout}s", silent=True)
         return self.answer(node, fun, *args, **kwargs)
 
     def answer(self, node, fun, *args, **kwargs):
@@ -72,8 +71,17 @@ class FakeNodes:
         return self.handlers[fun](node, *args, **kwargs)
 
 
+def node_facts(node, **migration):
+    """A node's ``cluster_node`` grain; ``migration``: its ``vmcluster:migration`` settings (default:
+    reached at ``qemu+tcp://<node>.example/system`` and ``192.0.2.<N>``)."""
+    migration = migration or {"uri": f"qemu+tcp://{node}.example/system", "address": f"192.0.2.{node[-1]}"}
+    return {"storage": {"file": f"/srv/{node}", "sharedfile": "/shared"}, "kvm_usable": True,
+            "migration": migration}
+
+
 def record(name, template, primary, secondary=None, admin_state="up", disks=1):
-    return {"name": name, "template": template, "memory": 512, "vcpus": 1, "disks": [{"size": DISK}] * disks,
+    disk = {"size": DISK, **({"drbd": {"minor": 4}} if template == "drbd" else {})}
+    return {"name": name, "template": template, "memory": 512, "vcpus": 1, "disks": [disk] * disks,
             "nics": [], "tags": [], "admin_state": admin_state, "primary": primary, "secondary": secondary}
 
 
@@ -94,17 +102,57 @@ def plan_of(result):
     return result["plan"]
 
 
-def test_migrate_file_plan_copies_exact_sizes_to_the_planners_node(make_ctx):
-    ctx = make_ctx([record("web1", "file", "node1")], {"node1": {"web1": "running"}})
+def test_migrate_file_plan_is_one_node_call_to_the_planners_node(make_ctx):
+    ctx = make_ctx([record("web1", "file", "node1", disks=2)], {"node1": {"web1": "running"}})
     plan = plan_of(moves.migrate(ctx, "web1", test=True))
     assert plan == [
-        f"create_disk(exact=True, index=0, instance=web1, node=node3, size={DISK}, template=file)",
-        "migrate_domain(copy_storage=True, instance=web1, migrate_uri=tcp://192.0.2.3, source=node1, target=node3, "
-        "target_uri=qemu+tcp://node3.example/system, template=file)",
+        "migrate_domain(copy_storage=True, create_target_disks=True, instance=web1, migrate_uri=tcp://192.0.2.3, "
+        "source=node1, target=node3, target_disks=['/srv/node3/web1/disk0.qcow2', '/srv/node3/web1/disk1.qcow2'], "
+        "target_uri=qemu+tcp://node3.example/system)",
         "update_instance(name=web1, primary=node3)",
-        "remove_disk(index=0, instance=web1, node=node1, template=file)",
-    ]  # node3 has the most free memory
+    ]  # node3 has the most free memory; the source node makes the target disks and removes its own
     assert ctx.store.jobs() == {}
+    # the planner's figures, the source's domains, the target's grain (from the master's cache when it has it)
+    assert {c[1] for c in ctx.rpc.calls} == {"cluster_node.resources", "cluster_vm.list_domains", "grains.get"}
+
+
+def test_migrate_plain_plan_makes_exact_size_lvs_first_and_removes_the_old_ones_after(make_ctx):
+    ctx = make_ctx([record("web1", "plain", "node1")], {"node1": {"web1": "running"}})
+    ctx.rpc.handlers["grains.get"] = lambda node, key: {"storage": {"plain": f"vg{node[-1]}"}, "migration": {}}
+    plan = plan_of(moves.migrate(ctx, "web1", target="node2", test=True))
+    assert plan == [
+        f"create_disk(exact=True, index=0, instance=web1, node=node2, size={DISK}, template=plain)",
+        "migrate_domain(copy_storage=True, create_target_disks=False, instance=web1, migrate_uri=None, "
+        "source=node1, target=node2, target_disks=['/dev/vg2/web1.disk0'], target_uri=qemu+tcp://node2/system)",
+        "update_instance(name=web1, primary=node2)",
+        "remove_disk(index=0, instance=web1, node=node1, template=plain)",
+    ]
+
+
+def test_migrate_domain_is_one_call_and_a_repeat_finds_the_instance_moved(make_ctx):
+    ctx = make_ctx([record("web1", "file", "node2")], {"node2": {"web1": "running"}})
+    args = {"source": "node1", "target": "node2", "instance": "web1", "target_uri": "qemu+tcp://node2/system",
+            "target_disks": ["/srv/node2/web1/disk0.qcow2"], "copy_storage": True, "create_target_disks": True}
+
+    def migrate(node, name, uri, **kwargs):
+        if ctx.rpc.domains.get(node, {}).get(name) != "running":
+            raise NodeError(node, "cluster_vm.migrate", f"domain {name!r} is not running")
+        return {"removed_disks": ["/srv/node1/web1/disk0.qcow2"]}
+
+    ctx.rpc.handlers["cluster_vm.migrate"] = migrate
+    ctx.rpc.handlers["cluster_disk.remove"] = lambda node, name, index, template: True
+    assert moves.migrate_domain(ctx, **args) == "runs on the target"  # e.g. a resumed job
+    assert [c[:2] for c in ctx.rpc.calls] == [("node1", "cluster_vm.migrate"), ("node1", "cluster_vm.list_domains"),
+                                              ("node2", "cluster_vm.list_domains"), ("node1", "cluster_disk.remove")]
+    ctx.rpc.domains, ctx.rpc.calls = {"node1": {"web1": "running"}}, []
+    assert moves.migrate_domain(ctx, **args) == {"removed_disks": ["/srv/node1/web1/disk0.qcow2"]}
+    assert [c[:2] for c in ctx.rpc.calls] == [("node1", "cluster_vm.migrate")]
+    assert ctx.rpc.calls[0][3] == {"copy_storage": True, "migrate_uri": None, "remove_source_disks": True,
+                                   "target_disks": ["/srv/node2/web1/disk0.qcow2"], "create_target_disks": True,
+                                   "unsafe": False}
+    ctx.rpc.domains = {"node1": {"web1": "shutoff"}}
+    with pytest.raises(engine.OpError, match="^web1 runs neither on node1 .shutoff. nor on node2 .None."):
+        moves.migrate_domain(ctx, **args)
 
 
 def test_migrate_sharedfile_to_a_given_node_copies_nothing(make_ctx):
@@ -112,7 +160,7 @@ def test_migrate_sharedfile_to_a_given_node_copies_nothing(make_ctx):
     plan = plan_of(moves.migrate(ctx, "db1", target="node2", test=True))
     assert [line.split("(")[0] for line in plan] == ["migrate_domain", "update_instance"]
     assert "copy_storage=False" in plan[0] and "target=node2" in plan[0] and "unsafe" not in plan[0]
-    ctx.rpc.handlers["config.get"] = lambda node, key: {"unsafe_shared_storage": True}
+    ctx.rpc.handlers["grains.get"] = lambda node, key: node_facts(node, unsafe_shared_storage=True)
     assert "unsafe=True" in plan_of(moves.migrate(ctx, "db1", target="node2", test=True))[0]
 
 
@@ -123,8 +171,9 @@ def test_migrate_drbd_plan_is_the_dual_primary_protocol(make_ctx):
         "drbd_dual_primary(count=2, enabled=True, instance=db1, node=node1)",
         "drbd_dual_primary(count=2, enabled=True, instance=db1, node=node2)",
         "drbd_role(count=2, instance=db1, node=node2, role=primary)",
-        "migrate_domain(copy_storage=False, instance=db1, migrate_uri=tcp://192.0.2.2, source=node1, target=node2, "
-        "target_uri=qemu+tcp://node2.example/system, template=drbd)",
+        "migrate_domain(copy_storage=False, create_target_disks=False, instance=db1, migrate_uri=tcp://192.0.2.2, "
+        "source=node1, target=node2, target_disks=['/dev/drbd4', '/dev/drbd4'], "
+        "target_uri=qemu+tcp://node2.example/system)",
         "drbd_role(count=2, instance=db1, node=node1, role=secondary)",
         "drbd_dual_primary(count=2, enabled=False, instance=db1, node=node1)",
         "drbd_dual_primary(count=2, enabled=False, instance=db1, node=node2)",
@@ -173,27 +222,27 @@ def test_failover_of_a_silent_primary_needs_the_operators_confirmation(make_ctx)
     plan = plan_of(moves.failover(ctx, "db1", target="node2", ignore_consistency="True", test=True))
     assert plan == [
         "release_old_primary(ignore_consistency=True, instance=db1, node=node1, timeout=60)",
-        "define_domain(instance=db1, node=node2)",
         "update_instance(name=db1, primary=node2)",
-        "start_domain(instance=db1, node=node2)",
-        "update_instance(admin_state=up, name=db1)",
+        "define_domain(instance=db1, node=node2, start=True)",
     ]
     with pytest.raises(ValidationError, match="^ignore_consistency: invalid value 'perhaps'"):
         moves.failover(ctx, "db1", ignore_consistency="perhaps")
 
 
-def test_release_old_primary_stops_and_undefines_where_the_node_answers(make_ctx):
+def test_release_old_primary_is_one_call_where_the_node_answers(make_ctx):
     ctx = make_ctx([], {"node1": {"db1": "running"}})
-    for fun in ("shutdown", "destroy", "undefine"):
-        ctx.rpc.handlers[f"cluster_vm.{fun}"] = lambda node, name, **kwargs: True
-    assert moves.release_old_primary(ctx, "node1", "db1", timeout=0) is True
-    assert moves.release_old_primary(ctx, "node1", "db1", timeout=5) is True
-    assert [c[1] for c in ctx.rpc.calls] == [
-        "cluster_vm.list_domains", "cluster_vm.destroy", "cluster_vm.undefine",
-        "cluster_vm.list_domains", "cluster_vm.shutdown", "cluster_vm.undefine"]
-    assert ctx.rpc.calls[4][3] == {"timeout": 5}
-    ctx.rpc.domains = {}
-    assert moves.release_old_primary(ctx, "node1", "db1") == "absent"
+    ctx.rpc.handlers["cluster_vm.release"] = lambda node, name, timeout: {"state": "running", "forced": not timeout}
+    assert moves.release_old_primary(ctx, "node1", "db1", timeout=0) == {"state": "running", "forced": True}
+    assert moves.release_old_primary(ctx, "node1", "db1", timeout=5) == {"state": "running", "forced": False}
+    assert [c[1:] for c in ctx.rpc.calls] == [("cluster_vm.release", ("db1",), {"timeout": 0}),
+                                              ("cluster_vm.release", ("db1",), {"timeout": 5})]
+
+    def fails(node, name, timeout):
+        raise NodeError(node, "cluster_vm.release", "libvirt: connection refused")
+
+    ctx.rpc.handlers["cluster_vm.release"] = fails
+    with pytest.raises(NodeError, match="^node1: cluster_vm.release failed: libvirt: connection refused"):
+        moves.release_old_primary(ctx, "node1", "db1", ignore_consistency=True)  # it answered: not down
     silent = make_ctx([], {}, silent=["node1"])
     with pytest.raises(engine.OpError, match="^node node1 does not answer"):
         moves.release_old_primary(silent, "node1", "db1")
@@ -208,8 +257,8 @@ def test_failover_drbd_and_refusals(make_ctx):
         "release_old_primary(ignore_consistency=False, instance=db1, node=node1, timeout=0)",
         "drbd_role(count=1, instance=db1, node=node1, role=secondary, skip_if_silent=False)",
         "drbd_role(count=1, instance=db1, node=node2, role=primary)",
-        "define_domain(instance=db1, node=node2)",
         "update_instance(name=db1, primary=node2, secondary=node1)",
+        "define_domain(instance=db1, node=node2, start=False)",
     ]  # admin-down: not started
     with pytest.raises(engine.OpError, match="^template: web1 is a file instance whose disks exist on node1 only"):
         moves.failover(ctx, "web1")
@@ -235,12 +284,12 @@ def test_move_needs_a_copy_template_and_the_source_address(make_ctx):
     ctx = make_ctx([record("db1", "sharedfile", "node1"), record("web1", "file", "node1")], {})
     with pytest.raises(engine.OpError, match="^template: db1 is a sharedfile instance"):
         moves.move(ctx, "db1", target="node2")
-    ctx.rpc.handlers["config.get"] = lambda node, key: ""
+    ctx.rpc.handlers["grains.get"] = lambda node, key: {"migration": None}
     with pytest.raises(engine.OpError, match=r"^vmcluster:migration:address is not set in the minion config of node1"):
         moves.move(ctx, "web1", target="node2")
     assert moves.endpoint(ctx, "node2") == {"uri": "qemu+tcp://node2/system", "address": None,
                                             "unsafe_shared_storage": False}
-    ctx.rpc.handlers["config.get"] = lambda node, key: {"uri": "qemu+tcp://x/system; rm -rf /"}
+    ctx.rpc.handlers["grains.get"] = lambda node, key: node_facts(node, uri="qemu+tcp://x/system; rm -rf /")
     with pytest.raises(ValidationError, match=r"^vmcluster:migration \(minion config of node2\):uri: "):
         moves.endpoint(ctx, "node2")
 
@@ -279,15 +328,12 @@ def test_drbd_migration_runs_down_to_drbdadm_dry_runs(make_ctx, tmp_path):
     for fun in ("allow_two_primaries", "primary", "secondary"):
         ctx.rpc.handlers[f"drbd.{fun}"] = drbd_call(fun)
     migrated = []
-    ctx.rpc.handlers["cluster_vm.disk_info"] = lambda node, name: [{"target": "vda", "device": "disk"}]
-    ctx.rpc.handlers["cluster_disk.list_disks"] = lambda node, name: [
-        {"index": 0, "template": "drbd", "path": "/dev/drbd4"}]
     ctx.rpc.handlers["cluster_vm.migrate"] = lambda node, *args, **kwargs: migrated.append((node, args, kwargs))
     moves.migrate(ctx, "db1")
     assert printed == [True] * 6
     assert migrated == [("node1", ("db1", "qemu+tcp://node2.example/system"), {
-        "copy_storage": False, "migrate_uri": "tcp://192.0.2.2", "remove_source_disks": False,
-        "target_disks": {"vda": "/dev/drbd4"}, "unsafe": False})]
+        "copy_storage": False, "migrate_uri": "tcp://192.0.2.2", "remove_source_disks": True,
+        "target_disks": ["/dev/drbd4"], "create_target_disks": False, "unsafe": False})]
     drbd_calls = [(node, fun, args) for node, fun, args, _ in ctx.rpc.calls if fun.startswith("drbd.")]
     assert drbd_calls == [
         ("node1", "drbd.allow_two_primaries", ("db1.disk0", True)),

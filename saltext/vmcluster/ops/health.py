@@ -317,8 +317,7 @@ def watcher_start(ctx, node, instance):
                        if isinstance(doms, dict) and doms.get(instance) in RUNNING_STATES)
     if elsewhere:
         raise OpError(f"{instance} runs on {', '.join(elsewhere)}; not started on {node}")
-    steps.define_domain(ctx, node, instance)
-    return "started" if steps.start_domain(ctx, node, instance) else "was running"
+    return "started" if steps.define_domain(ctx, node, instance, start=True)["started"] else "was running"
 
 
 @step

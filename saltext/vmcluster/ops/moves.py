@@ -28,7 +28,8 @@ from saltext.vmcluster import disks, names
 from saltext.vmcluster.ops.engine import OpError, new_job, step
 from saltext.vmcluster.ops.instances import (MIB, check_bridges, execute_or_plan, instance_locks, instance_record,
                                              live_cluster)
-from saltext.vmcluster.ops.steps import domains_on
+from saltext.vmcluster.ops.steps import disk_paths, domains_on, node_facts
+from saltext.vmcluster.rpc import NodeError
 from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
 
 MIGRATION_OPTION = "vmcluster:migration"
@@ -44,9 +45,11 @@ DEFAULT_SHUTDOWN_TIMEOUT = 60
 
 
 def endpoint(ctx, node):
-    """How the other nodes reach ``node`` (its minion config): ``{"uri": libvirt URI, "address": IP or None,
-    "unsafe_shared_storage": bool}``."""
-    settings = ctx.rpc.call_one(node, "config.get", MIGRATION_OPTION) or {}
+    """How the other nodes reach ``node`` (its minion config, as its ``cluster_node`` grain reports it):
+    ``{"uri": libvirt URI, "address": IP or None, "unsafe_shared_storage": bool}``."""
+    facts = node_facts(ctx, node)
+    settings = facts["migration"] if "migration" in facts else ctx.rpc.call_one(node, "config.get", MIGRATION_OPTION)
+    settings = settings or {}
     where = f"{MIGRATION_OPTION} (minion config of {node})"
     if not isinstance(settings, dict):
         raise names.ValidationError(where, settings, "give a mapping with uri and address")
@@ -139,23 +142,31 @@ def _states(ctx, instance, nodes):
 
 
 @step
-def migrate_domain(ctx, source, target, instance, template, target_uri, migrate_uri=None, copy_storage=False,
-                   unsafe=False):
-    """Live-migrate the instance from ``source`` to ``target``; done when it runs on the target only."""
-    where = _states(ctx, instance, (source, target))
-    if where[target] == "running" and where[source] not in LIVE_STATES:
-        return "runs on the target"
-    if where[source] not in LIVE_STATES:
-        raise OpError(f"{instance} runs neither on {source} ({where[source]}) nor on {target} ({where[target]}); "
-                      f"find out why, then start it with salt-run cluster.start {instance}")
-    devices = [d["target"] for d in ctx.rpc.call_one(source, "cluster_vm.disk_info", instance) if d["device"] == "disk"]
-    paths = {d["index"]: d["path"] for d in ctx.rpc.call_one(target, "cluster_disk.list_disks", instance)
-             if d["template"] == template}
-    return ctx.rpc.call_one(
-        source, "cluster_vm.migrate", instance, target_uri, copy_storage=copy_storage, migrate_uri=migrate_uri,
-        remove_source_disks=False, target_disks={dev: paths[index] for index, dev in enumerate(devices)},
-        unsafe=unsafe, rpc_timeout=MIGRATE_TIMEOUT,
-    )
+def migrate_domain(ctx, source, target, instance, target_uri, target_disks, migrate_uri=None, copy_storage=False,
+                   create_target_disks=False, unsafe=False):
+    """Live-migrate the instance from ``source`` to ``target`` (one call to the source); done when it
+    runs on the target only. Copied disks: image files are made on the target and removed from the
+    source by that call; a repeated step (resumed job) that finds the instance moved removes what
+    is left of them."""
+    try:
+        return ctx.rpc.call_one(
+            source, "cluster_vm.migrate", instance, target_uri, copy_storage=copy_storage, migrate_uri=migrate_uri,
+            remove_source_disks=True, target_disks=target_disks, create_target_disks=create_target_disks,
+            unsafe=unsafe, rpc_timeout=MIGRATE_TIMEOUT,
+        )
+    except NodeError as exc:
+        where = _states(ctx, instance, (source, target))
+        if where[target] != "running" or where[source] in LIVE_STATES:
+            if where[source] not in LIVE_STATES and where[target] not in LIVE_STATES:
+                raise OpError(f"{instance} runs neither on {source} ({where[source]}) nor on {target} "
+                              f"({where[target]}); find out why, then start it with salt-run cluster.start "
+                              f"{instance}") from exc
+            raise
+    if copy_storage:
+        record = ctx.store.instance(instance)
+        for index in range(len(record["disks"])):
+            ctx.rpc.call_one(source, "cluster_disk.remove", instance, index, record["template"])
+    return "runs on the target"
 
 
 def _drbd_resources(instance, count):
@@ -189,26 +200,20 @@ def unconfirmed(node, instance):
 
 @step
 def release_old_primary(ctx, node, instance, timeout=DEFAULT_SHUTDOWN_TIMEOUT, ignore_consistency=False):
-    """Make sure the instance no longer runs on ``node`` and drop its definition there.
+    """Make sure the instance no longer runs on ``node`` and drop its definition there (one call).
 
     A silent node is passed over only with ``ignore_consistency`` (the operator
     confirmed that it is down); its stale definition is then left for
     ``cluster_vm.remove_stale`` when it returns.
     """
-    domains = probe(ctx, node)
-    if domains is None:
-        if ignore_consistency:
-            return f"{node} does not answer; the operator confirmed that it is down (stale definition left there)"
-        raise OpError(unconfirmed(node, instance))
-    state = domains.get(instance)
-    if state is None:
-        return "absent"
-    if state != "shutoff":  # what the node just said: act on it without asking again
-        if timeout:
-            ctx.rpc.call_one(node, "cluster_vm.shutdown", instance, timeout=timeout, rpc_timeout=timeout + 30)
-        else:
-            ctx.rpc.call_one(node, "cluster_vm.destroy", instance)
-    return ctx.rpc.call_one(node, "cluster_vm.undefine", instance)
+    try:  # Salt keeps waiting past PROBE_TIMEOUT while the node says that it still runs the call
+        return ctx.rpc.call_one(node, "cluster_vm.release", instance, timeout=timeout, rpc_timeout=PROBE_TIMEOUT)
+    except NodeError as exc:
+        if not exc.silent:
+            raise
+    if ignore_consistency:
+        return f"{node} does not answer; the operator confirmed that it is down (stale definition left there)"
+    raise OpError(unconfirmed(node, instance))
 
 
 @step
@@ -230,16 +235,17 @@ def migrate_steps(ctx, record, target):
     """The steps of a live migration of ``record`` to ``target`` (for drbd: its secondary)."""
     name, source, template = record["name"], record["primary"], record["template"]
     dest = endpoint(ctx, target)
-    migrate_args = {"source": source, "target": target, "instance": name, "template": template,
-                    "target_uri": dest["uri"], "migrate_uri": f"tcp://{dest['address']}" if dest["address"] else None,
-                    "copy_storage": template in COPY_TEMPLATES}
+    migrate_args = {"source": source, "target": target, "instance": name, "target_uri": dest["uri"],
+                    "target_disks": disk_paths(node_facts(ctx, target), record),
+                    "migrate_uri": f"tcp://{dest['address']}" if dest["address"] else None,
+                    "copy_storage": template in COPY_TEMPLATES, "create_target_disks": template == "file"}
     if template == "sharedfile" and dest["unsafe_shared_storage"]:
         migrate_args["unsafe"] = True
     moved = {"name": name, "primary": target}
-    if template in COPY_TEMPLATES:
+    if template == "plain":  # LVs: made on the target before, removed from the source after
         return [*_source_disk_steps(ctx, record, source, target), ("migrate_domain", migrate_args),
                 ("update_instance", moved), *_remove_disk_steps(record, source)]
-    if template == "sharedfile":
+    if template != "drbd":
         return [("migrate_domain", migrate_args), ("update_instance", moved)]
     drbd = {"instance": name, "count": len(record["disks"])}
     return [
@@ -261,7 +267,9 @@ def _restart_steps(record, target):
 
 
 def failover_steps(record, target, ignore_consistency=False, timeout=DEFAULT_SHUTDOWN_TIMEOUT):
-    """The steps of a cold failover of ``record`` (sharedfile, drbd) to ``target``."""
+    """The steps of a cold failover of ``record`` (sharedfile, drbd) to ``target``: the old primary
+    released, the record moved, then the domain defined (and started if the operator wants it
+    up) on the target in one call."""
     name, primary = record["name"], record["primary"]
     job_steps = [("release_old_primary", {"node": primary, "instance": name, "timeout": timeout,
                                           "ignore_consistency": ignore_consistency})]
@@ -271,8 +279,8 @@ def failover_steps(record, target, ignore_consistency=False, timeout=DEFAULT_SHU
         job_steps += [("drbd_role", {"node": primary, **drbd, "role": "secondary", "skip_if_silent": ignore_consistency}),
                       ("drbd_role", {"node": target, **drbd, "role": "primary"})]
         moved["secondary"] = primary
-    job_steps += [("define_domain", {"node": target, "instance": name}), ("update_instance", moved)]
-    return job_steps + _restart_steps(record, target)
+    return job_steps + [("update_instance", moved),
+                        ("define_domain", {"node": target, "instance": name, "start": record["admin_state"] == "up"})]
 
 
 def move_steps(ctx, record, target, timeout=DEFAULT_SHUTDOWN_TIMEOUT):

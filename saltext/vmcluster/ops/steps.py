@@ -82,14 +82,15 @@ def disk_paths(facts, record):
 
 
 @step
-def define_domain(ctx, node, instance):
-    """Define the instance's domain on ``node`` from its record (redefining is harmless)."""
+def define_domain(ctx, node, instance, start=False):
+    """Define the instance's domain on ``node`` from its record (redefining is harmless); ``start``:
+    start it too, in the same call, unless it runs."""
     record = ctx.store.instance(instance)
     facts = node_facts(ctx, node)
     return ctx.rpc.call_one(
         node, "cluster_vm.define", instance, f"{record['memory']}M", vcpus=record["vcpus"],
         disks=disk_paths(facts, record), nics=record.get("nics", []),
-        type="kvm" if facts.get("kvm_usable") else "qemu",
+        type="kvm" if facts.get("kvm_usable") else "qemu", start=start,
     )
 
 
