@@ -3,7 +3,7 @@
 cpus, CPU model, memory total, hypervisor type and version, libvirt version,
 whether KVM is usable, the storage configured for instances and how other nodes
 reach this one for migrations (minion config ``vmcluster:storage`` and
-``vmcluster:migration``) and the DRBD userspace and kernel versions (None when absent).
+``vmcluster:migration``), its Linux bridges (as at the last grains refresh) and the DRBD userspace and kernel versions (None when absent).
 """
 
 import logging
@@ -66,6 +66,7 @@ def cluster_node():
             "memory_total": nodefacts.parse_meminfo(_read("/proc/meminfo")).get("MemTotal"),
             "storage": (__opts__.get("vmcluster") or {}).get("storage", {}),
             "migration": (__opts__.get("vmcluster") or {}).get("migration", {}),
+            "bridges": nodefacts.bridges(),
             "drbd": _drbd(),
             **_hypervisor(),
         }

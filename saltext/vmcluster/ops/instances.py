@@ -10,7 +10,7 @@ import time
 from saltext.vmcluster import disks as disk_names
 from saltext.vmcluster import names
 from saltext.vmcluster import nics as nic_specs
-from saltext.vmcluster.ops import steps  # noqa: F401  pylint: disable=unused-import  (registers the steps)
+from saltext.vmcluster.ops import steps
 from saltext.vmcluster.ops.engine import OpError, new_job, plan, run
 from saltext.vmcluster.planner.allocate import Allocator, InstanceSpec
 from saltext.vmcluster.planner.live import cluster_from_live
@@ -134,9 +134,12 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
 
 def check_bridges(ctx, record, node):
     """OpError unless ``node`` has every bridge the instance's NICs use (a NIC's bridge is the instance's:
-    each node that runs it must provide a bridge of that name)."""
+    each node that runs it must provide a bridge of that name). Its cached grain answers; only a bridge
+    missing there is asked of the node itself (it may be new)."""
     wanted = {nic["bridge"] for nic in record.get("nics") or []}
-    missing = sorted(wanted - set(ctx.rpc.call_one(node, "cluster_node.bridges"))) if wanted else []
+    if not wanted or wanted <= set(steps.node_facts(ctx, node).get("bridges") or ()):  # as the master cached it
+        return
+    missing = sorted(wanted - set(ctx.rpc.call_one(node, "cluster_node.bridges")))
     if missing:
         raise OpError(f"nics: bridge {', '.join(missing)} of {record['name']} does not exist on node {node}; "
                       "create it there or choose another node")
