@@ -77,6 +77,11 @@ DEFAULT_SHORTLIST_SIZE = 8
 NOISE_GAIN = 1e-9
 DEFAULT_EXACT_BUDGET = 5000
 DEFAULT_ESTIMATE_BUDGET = 1_000_000
+# Stale cached moves re-evaluated together when the lazy search reaches them.
+POP_BATCH = 8
+# Instances scored in one batch: at most BATCH_MAX, and about BATCH_CELLS instance x
+# target pairs, small enough that OpenBLAS stays single-threaded (threads only cost).
+BATCH_MAX, BATCH_CELLS = 64, 24_000
 RESERVED_MEM_RTOTAL = next(m.weight for m in METRICS if m.name == "reserved_mem_rtotal")
 
 
@@ -192,11 +197,15 @@ def _migration_matrix(cluster: Cluster) -> Optional[np.ndarray]:
 
 
 class _Candidates:
-    """The candidate moves of one instance, one row each (target-major order)."""
+    """Candidate moves, one row each (target-major per instance); ``seg`` is the row's
+    index into ``insts``, whose rows are contiguous. A batch of several instances
+    holds only instances without exclusion tags; an instance may have no rows."""
 
     def __init__(self, kinds: np.ndarray, pri: np.ndarray, sec: np.ndarray, slots: np.ndarray,
-                 pad: np.ndarray):
+                 pad: np.ndarray, insts: np.ndarray, seg: np.ndarray):
         self.kinds, self.pri, self.sec, self.slots, self.pad = kinds, pri, sec, slots, pad
+        self.insts, self.seg = insts, seg
+        self.owner = insts[seg]
 
 
 class Balancer:
@@ -210,6 +219,7 @@ class Balancer:
         self.state = ScoreState.from_loads(loads)
         self._sens: Optional[np.ndarray] = None
         self._reserved_sens, self._free = np.zeros(0), (np.zeros(0), np.zeros(0))
+        self._views: Dict[str, tuple] = {}
         nodes, insts = cluster.nodes, cluster.instances
         self.online = ~loads.offline
         self.rmax = loads.peers.max(axis=1) if nodes else np.zeros(0)
@@ -241,6 +251,12 @@ class Balancer:
         self.group_id = np.unique(group_of, return_inverse=True)[1]
         self.targets = {g: np.flatnonzero((group_of == g) & self.online) for g in groups}
         self.mirror = [_mirror(inst, allow_copy_storage) for inst in insts]
+        self.move_kind = np.array([KIND_CODE[FAILOVER_TO_ANY] if m == "external" else KIND_CODE[COPY]
+                                   for m in self.mirror], dtype=int)
+        self.internal = np.array([m == "internal" for m in self.mirror], dtype=bool)
+        self.forthcoming = np.array([inst.forthcoming for inst in insts], dtype=bool)
+        self.local = np.array([inst.uses_local_storage for inst in insts], dtype=bool)
+        self.no_spindles = np.array([inst.disk_spindles is None for inst in insts], dtype=bool)
         self.movable = [
             i for i, inst in enumerate(insts)
             if self.mirror[i] and inst.auto_balance
@@ -270,78 +286,86 @@ class Balancer:
 
     # -- candidate generation -------------------------------------------------
 
-    def _candidates(self, i: int, targets: np.ndarray) -> _Candidates:
-        pri, sec = (int(x) for x in self.loads.placement[i])
-        if self.mirror[i] != "internal":
-            kind = KIND_CODE[FAILOVER_TO_ANY if self.mirror[i] == "external" else COPY]
-            k = len(targets)
-            slots = np.stack([np.full(k, pri), targets, np.full(k, pri)], axis=1)
-            pad = np.zeros((k, 3), bool)
-            pad[:, 2] = True
-            return _Candidates(np.full(k, kind), targets.copy(), np.full(k, -1), slots, pad)
-        use_sec = bool(self.online[sec])
-        kinds = DRBD_TARGET_KINDS if use_sec else DRBD_TARGET_KINDS[:2]
-        codes = np.tile([KIND_CODE[k] for k in kinds], len(targets))
-        tgt = np.repeat(targets, len(kinds))
+    def _candidates(self, insts: np.ndarray, keep: np.ndarray, targets: np.ndarray) -> _Candidates:
+        """The moves of instances ``insts`` to their ``keep`` (a row each) of ``targets``, in
+        hbal's trying order per instance: failover, then per target node its kinds."""
+        pri, sec = self.loads.placement[insts].T
+        internal = self.internal[insts]
+        use_sec = internal & self.online[sec]
+        pair_seg, tgt = np.nonzero(keep)
+        reps = np.where(internal, np.where(use_sec, 4, 2), 1)[pair_seg]
+        seg, tgt = np.repeat(pair_seg, reps), np.repeat(targets[tgt], reps)
         # per target T, in DRBD_TARGET_KINDS order: r:T, r:T f, f r:T f, f r:T
-        on_pri, on_sec = np.full(len(targets), pri), np.full(len(targets), sec)
-        new_pri = np.stack((on_pri, targets, targets, on_sec)[:len(kinds)], axis=1).ravel()
-        new_sec = np.stack((targets, on_pri, on_sec, targets)[:len(kinds)], axis=1).ravel()
-        slots = np.stack([np.full(len(tgt), pri), np.full(len(tgt), sec), tgt], axis=1)
-        pad = np.zeros(slots.shape, bool)
-        if use_sec:  # failover first, as hbal tries it before the target nodes
-            codes = np.concatenate([[KIND_CODE[FAILOVER]], codes])
-            new_pri, new_sec = np.concatenate([[sec], new_pri]), np.concatenate([[pri], new_sec])
-            slots = np.concatenate([[[pri, sec, pri]], slots])
-            pad = np.concatenate([[[False, False, True]], pad])
-        return _Candidates(codes, new_pri, new_sec, slots, pad)
+        j = np.arange(len(seg)) - np.repeat(np.cumsum(reps) - reps, reps)
+        p, s, drbd = pri[seg], sec[seg], internal[seg]
+        rows = np.arange(len(seg))
+        kinds = np.where(drbd, np.array([KIND_CODE[k] for k in DRBD_TARGET_KINDS])[j],
+                         self.move_kind[insts][seg])
+        new_pri = np.where(drbd, np.stack((p, tgt, tgt, s))[j, rows], tgt)
+        new_sec = np.where(drbd, np.stack((tgt, p, s, tgt))[j, rows], -1)
+        slots = np.where(drbd[:, None], np.stack((p, s, tgt), axis=1), np.stack((p, tgt, p), axis=1))
+        # failover first, as hbal tries it before the target nodes
+        fo = np.flatnonzero(use_sec)
+        order = np.argsort(np.concatenate((2 * fo, 2 * seg + 1)), kind="stable")
+        join = lambda first, rest: np.concatenate((first, rest))[order]  # noqa: E731
+        pad = join(np.ones(len(fo), bool), ~drbd)[:, None] & (np.arange(3) == 2)
+        return _Candidates(join(np.full(len(fo), KIND_CODE[FAILOVER]), kinds), join(sec[fo], new_pri),
+                           join(pri[fo], new_sec),
+                           join(np.stack((pri[fo], sec[fo], pri[fo]), axis=1).reshape(-1, 3), slots),
+                           pad, insts, join(fo, seg))
 
     # -- evaluation ---------------------------------------------------------------
 
-    def _slot_state(self, i: int, cand: _Candidates):
+    def _slot_state(self, cand: _Candidates):
         """Roles, aggregates, reserved memory and conflicts of every candidate slot."""
-        loads = self.loads
-        pri, sec = loads.placement[i]
+        loads, own = self.loads, cand.owner
+        pri, sec = (x[:, None] for x in loads.placement[own].T)
         slots, live = cand.slots, ~cand.pad
         old_pri, old_sec = (slots == pri) & live, (slots == sec) & live & (sec >= 0)
         new_pri = (slots == cand.pri[:, None]) & live
         new_sec = (slots == cand.sec[:, None]) & live
-        agg_rem = (loads.agg[slots] - old_pri[..., None] * loads.pri_contrib[i]
-                   - old_sec[..., None] * loads.sec_contrib[i])
-        agg_rem[..., AGG["loc_score"]] -= old_pri * loads.loc_of[i]
-        agg_new = agg_rem + new_pri[..., None] * loads.pri_contrib[i] + new_sec[..., None] * loads.sec_contrib[i]
-        agg_new[..., AGG["loc_score"]] += new_pri * self._loc_scores(i, cand)[:, None]
-        mem = loads.sec_mem[i]
+        pri_c, sec_c = loads.pri_contrib[own][:, None], loads.sec_contrib[own][:, None]
+        agg_rem = loads.agg[slots] - old_pri[..., None] * pri_c - old_sec[..., None] * sec_c
+        agg_rem[..., AGG["loc_score"]] -= old_pri * loads.loc_of[own][:, None]
+        agg_new = agg_rem + new_pri[..., None] * pri_c + new_sec[..., None] * sec_c
+        agg_new[..., AGG["loc_score"]] += new_pri * self._loc_scores(cand)[:, None]
+        mem = loads.sec_mem[own][:, None]
         base = self.rmax[slots]
         at = loads.peers[slots, cand.pri[:, None]]
-        if sec >= 0:
-            peers_s = loads.peers[sec].copy()
-            peers_s[pri] -= mem
-            base = np.where(slots == sec, peers_s.max(), base)
-            at = np.where(slots == sec, peers_s[cand.pri][:, None], at)
+        # the old secondary without the instance's reservation for the old primary
+        on_sec = (slots == sec) & (sec >= 0)
+        if on_sec.any():
+            b_pri, b_sec = loads.placement[cand.insts].T
+            peers_s = loads.peers[b_sec]
+            peers_s[np.arange(len(b_sec)), b_pri] -= loads.sec_mem[cand.insts]
+            base = np.where(on_sec, peers_s.max(axis=1)[cand.seg][:, None], base)
+            at_sec = loads.peers[sec[:, 0], cand.pri] - mem[:, 0] * (cand.pri == pri[:, 0])
+            at = np.where(on_sec, at_sec[:, None], at)
         r_new = np.where(new_sec, np.maximum(base, at + mem), base)
         conflicts = self.conflicts[slots]
-        tags = self.inst_tags[i]
+        tags = self.inst_tags[cand.insts[0]]  # only single-instance batches have tags
         count = self.tag_count[slots][..., tags] - old_pri[..., None]
         if len(tags):
             after = count + new_pri[..., None]
             conflicts = conflicts + (np.maximum(after - 1, 0) - np.maximum(count + old_pri[..., None] - 1, 0)).sum(-1)
         return old_pri, old_sec, new_pri, new_sec, agg_rem, agg_new, base, r_new, conflicts, count
 
-    def _loc_scores(self, i: int, cand: _Candidates) -> np.ndarray:
+    def _loc_scores(self, cand: _Candidates) -> np.ndarray:
         """Location score of the instance at each candidate's new nodes."""
-        if not self.has_locations or self.cluster.instances[i].forthcoming:
+        if not self.has_locations:
             return np.zeros(len(cand.pri))
         here = self.node_loc[cand.pri]
         shared = np.where(cand.sec >= 0, (here & self.node_loc[cand.sec]).sum(-1), 0)
-        return shared + (self.inst_loc[i] & ~here).sum(-1)
+        out = shared + (self.inst_loc[cand.owner] & ~here).sum(-1)
+        return np.where(self.forthcoming[cand.owner], 0, out)
 
-    def _map_deltas(self, i: int, cand: _Candidates) -> np.ndarray:
+    def _map_deltas(self, cand: _Candidates) -> np.ndarray:
         """Change of the location-exclusion metric for each candidate."""
         loads, totals = self.loads, self.state.map_totals
+        i = cand.insts[0]  # only single-instance batches have exclusion tags
         tags = loads.excl_tags[i]
         out = np.zeros(len(cand.pri))
-        if not tags or not self.has_locations or self.cluster.instances[i].forthcoming:
+        if not tags or not self.has_locations or self.forthcoming[i]:
             return out
         pri = loads.placement[i][0]
         pairs = lambda node: [(loc, t) for loc in loads.locations[node] for t in tags]  # noqa: E731
@@ -356,51 +380,49 @@ class Balancer:
                 out[k] = base + sum(counts.get(pair, 0) >= 1 for pair in pairs(node))
         return out * next(m.weight for m in METRICS if m.kind == "map")
 
-    def _illegal(self, i: int, cand: _Candidates, state) -> np.ndarray:
+    def _illegal(self, cand: _Candidates, state) -> np.ndarray:
         """Ganeti's hard checks (Node.addPriEx/addSecExEx, checkMigration) per candidate."""
-        loads, inst = self.loads, self.cluster.instances[i]
+        loads, own, kinds = self.loads, cand.owner, cand.kinds
         old_pri, old_sec, new_pri, new_sec, agg_rem, agg_new, r_rem, r_new, _, count = state
-        pri, sec = loads.placement[i]
+        pri, sec = loads.placement[own].T
         slots = cand.slots
         col = lambda agg, name: agg[..., AGG[name]]  # noqa: E731
-        off_p, off_s = bool(loads.offline[pri]), bool(sec >= 0 and loads.offline[sec])
+        off_p, off_s = loads.offline[pri], (sec >= 0) & loads.offline[sec]
         # re-adding the instance to its own primary (replace-secondary) is forced
-        force_pri = np.where(cand.kinds == KIND_CODE[REPLACE_AND_FAILOVER], False, off_p)[:, None] | old_pri
-        force_sec = (cand.kinds == KIND_CODE[REPLACE_SECONDARY]) | (cand.kinds == KIND_CODE[REPLACE_AND_FAILOVER])
+        force_pri = np.where(kinds == KIND_CODE[REPLACE_AND_FAILOVER], False, off_p)[:, None] | old_pri
+        force_sec = (kinds == KIND_CODE[REPLACE_SECONDARY]) | (kinds == KIND_CODE[REPLACE_AND_FAILOVER])
         force_sec = np.where(force_sec, off_s, off_p)[:, None]
-        ignore_disks = ((cand.kinds == KIND_CODE[FAILOVER]) & off_p)[:, None]
-        local = inst.uses_local_storage
+        ignore_disks = ((kinds == KIND_CODE[FAILOVER]) & off_p)[:, None]
+        local, forth = self.local[own][:, None], self.forthcoming[own][:, None]
         excl, hi_sp = loads.excl[slots], loads.hi_sp[slots]
         unalloc_rem, unalloc_new = self.unalloc(slots, agg_rem), self.unalloc(slots, agg_new)
         f_dsk = loads.dsk_world[slots] - col(agg_new, "used_dsk")
         f_dsk_forth = f_dsk - col(agg_new, "used_dsk_forth")
         mem_forth = lambda agg: loads.mem_world[slots] - col(agg, "i_mem") - col(agg, "nonmem_mem")  # noqa: E731
         spindles_out = excl & ((loads.sp_world[slots] - col(agg_new, "used_sp") < 0)
-                               | (inst.disk_spindles is None))
+                               | self.no_spindles[own][:, None])
         over_sp = ~excl & ((col(agg_new, "inst_sp") > hi_sp) | (col(agg_new, "inst_sp_forth") > hi_sp))
         cpu = lambda name: (col(agg_new, name) + loads.os_cpu[slots]) / self.raw_cpu[slots]  # noqa: E731
         ratio = self.vcpu_ratio[slots]
         was_failing = np.where(old_pri | old_sec, unalloc_rem <= r_rem, self.fail_n1[slots])
-        sec_mem = loads.sec_mem[i]
+        sec_mem = loads.sec_mem[own][:, None]
         # Forthcoming limits: all a forthcoming instance is checked against.
         pri_forth = ((mem_forth(agg_new) <= 0) | (local & ((f_dsk_forth <= 0) | over_sp))
                      | ((ratio >= 0) & (ratio < cpu("u_cpu_forth"))))
         sec_forth = (f_dsk_forth <= 0) | over_sp | (sec_mem >= mem_forth(agg_rem))
-        if inst.forthcoming:
-            pri_bad, sec_bad = ~force_pri & pri_forth, ~force_sec & sec_forth
-        else:
-            pri_bad = (unalloc_new <= 0) | (local & ((f_dsk <= 0) | spindles_out)) | (~force_pri & (
+        pri_bad = np.where(forth, ~force_pri & pri_forth, (unalloc_new <= 0) | (
+            local & ((f_dsk <= 0) | spindles_out)) | (~force_pri & (
                 (local & over_sp) | ((unalloc_new <= r_rem) & ~was_failing)
-                | ((ratio >= 0) & (ratio < cpu("u_cpu"))) | (count >= 1).any(-1) | pri_forth))
-            sec_bad = ((~ignore_disks & (f_dsk <= 0)) | spindles_out | (~force_sec & (
-                over_sp | (sec_mem >= unalloc_rem) | ((unalloc_rem <= r_new) & ~was_failing)
-                | sec_forth)))
-        bad = ((new_pri & pri_bad) | (new_sec & sec_bad)).any(axis=1)
-        kinds = cand.kinds
-        if self.mirror[i] == "internal" and kinds[0] == KIND_CODE[FAILOVER]:
-            # replace-primary first fails the instance over to its secondary
-            tmp_bad = bool((new_pri & pri_bad)[0].any())
-            bad |= tmp_bad & (kinds == KIND_CODE[REPLACE_PRIMARY])
+                | ((ratio >= 0) & (ratio < cpu("u_cpu"))) | (count >= 1).any(-1) | pri_forth)))
+        sec_bad = np.where(forth, ~force_sec & sec_forth, (~ignore_disks & (f_dsk <= 0)) | spindles_out | (
+            ~force_sec & (over_sp | (sec_mem >= unalloc_rem) | ((unalloc_rem <= r_new) & ~was_failing)
+                          | sec_forth)))
+        new_pri_bad = (new_pri & pri_bad).any(axis=1)
+        bad = new_pri_bad | (new_sec & sec_bad).any(axis=1)
+        # replace-primary first fails the instance over to its secondary
+        failover_bad = np.zeros(len(cand.insts), bool)
+        failover_bad[cand.seg[new_pri_bad & (kinds == KIND_CODE[FAILOVER])]] = True
+        bad |= failover_bad[cand.seg] & (kinds == KIND_CODE[REPLACE_PRIMARY])
         if self.migration is not None:
             ok = self.migration
             via_sec = np.isin(kinds, [KIND_CODE[k] for k in (FAILOVER, REPLACE_PRIMARY, FAILOVER_AND_REPLACE)])
@@ -410,16 +432,16 @@ class Balancer:
             bad |= (kinds == KIND_CODE[REPLACE_PRIMARY]) & ~ok[sec, cand.pri]
         return bad
 
-    def _score(self, i: int, cand: _Candidates) -> np.ndarray:
+    def _score(self, cand: _Candidates) -> np.ndarray:
         """Cluster score after each candidate move (inf where illegal)."""
-        state = self._slot_state(i, cand)
+        state = self._slot_state(cand)
         agg_new, r_new, conflicts = state[5], state[7], state[8]
         slots = cand.slots
         rows = self.loads.rows_of(slots.ravel(), agg_new.reshape(-1, len(AGG)), r_new.ravel(),
                                   conflicts.ravel()).reshape(*slots.shape, len(COLUMNS))
         rows[cand.pad] = self.state.rows[slots[cand.pad]]
-        totals = self.state.slot_totals(slots, rows) + self._map_deltas(i, cand)
-        return np.where(self._illegal(i, cand, state), np.inf, totals)
+        totals = self.state.slot_totals(slots, rows) + self._map_deltas(cand)
+        return np.where(self._illegal(cand, state), np.inf, totals)
 
     def _sensitivity(self) -> np.ndarray:
         """Linear score change per unit of each aggregate on each node (nodes x AGG).
@@ -444,24 +466,44 @@ class Balancer:
                           loads.dsk_world - loads.agg[:, AGG["used_dsk"]])
         return self._sens
 
-    def _shortlist(self, i: int, targets: np.ndarray) -> np.ndarray:
-        """The ``shortlist_size`` targets per new role (primary, secondary) ranked best
-        by the linearised score change, legal for memory and disk on the target alone."""
-        loads = self.loads
-        sens = self._sensitivity()
-        unalloc, free_dsk = self._free
-        exempt = self.fail_n1
-        pri_c, sec_c = loads.pri_contrib[i], loads.sec_contrib[i]
-        bad_p = ((unalloc - pri_c[AGG["i_mem"]] <= self.rmax) & ~exempt) | (free_dsk <= pri_c[AGG["used_dsk"]])
-        ranked = [np.where(bad_p, np.inf, sens @ pri_c)]
-        if self.mirror[i] == "internal":
-            r_new = np.maximum(self.rmax, loads.peers[:, loads.placement[i][0]] + loads.sec_mem[i])
-            gain_s = sens @ sec_c + self._reserved_sens * (r_new - self.rmax)
-            bad_s = ((unalloc <= r_new) & ~exempt) | (free_dsk <= sec_c[AGG["used_dsk"]])
-            ranked.append(np.where(bad_s, np.inf, gain_s))
+    def _target_masks(self, insts: np.ndarray, group: str) -> np.ndarray:
+        """Which of their group's targets each instance (a row) is scored on: all but its
+        own nodes; beyond ``shortlist`` of them, the ``shortlist_size`` per new role (primary,
+        secondary) ranked best by the linearised score change, preferring those legal for
+        memory and disk on the target alone."""
+        loads, targets = self.loads, self.targets[group]
+        pri, sec = loads.placement[insts].T
+        other = (targets != pri[:, None]) & (targets != sec[:, None])
+        short = other.sum(axis=1) > self.shortlist
+        if not short.any():
+            return other
+        sens_t, unalloc, free_dsk, rmax, exempt, reserved_sens = self._target_view(group)
+        pri_c, sec_c = loads.pri_contrib[insts], loads.sec_contrib[insts]
+        mem, dsk = [AGG["i_mem"]], [AGG["used_dsk"]]
+        bad_p = ((unalloc - pri_c[:, mem] <= rmax) & ~exempt) | (free_dsk <= pri_c[:, dsk])
+        r_new = np.maximum(rmax, loads.peers[np.ix_(targets, pri)].T + loads.sec_mem[insts][:, None])
+        gain_s = sec_c @ sens_t + reserved_sens * (r_new - rmax)
+        bad_s = ((unalloc <= r_new) & ~exempt) | (free_dsk <= sec_c[:, dsk])
         k = min(self.shortlist_size, len(targets))
-        keep = np.concatenate([np.argpartition(r[targets], k - 1)[:k] for r in ranked])
-        return targets[np.unique(keep)]
+        keep, rows = np.zeros(other.shape, bool), np.arange(len(insts))[:, None]
+        for gain, bad, role in ((pri_c @ sens_t, bad_p, np.ones(len(insts), bool)),
+                                (gain_s, bad_s, self.internal[insts])):
+            gain[bad] = np.finfo(float).max
+            gain[~other] = np.inf
+            best = np.argpartition(gain, k - 1, axis=1)[:, :k]
+            keep[rows, best] |= role[:, None]
+        return np.where(short[:, None], keep & other, other)
+
+    def _target_view(self, group: str):
+        """A group's targets' sensitivities (aggregates x targets), unallocated memory, free
+        disk, reserved memory, N+1 exemption and reserved-memory sensitivity; cached per step."""
+        if group not in self._views:
+            targets, sens = self.targets[group], self._sensitivity()
+            unalloc, free_dsk = self._free
+            self._views[group] = (np.ascontiguousarray(sens[targets].T), unalloc[targets],
+                                  free_dsk[targets], self.rmax[targets], self.fail_n1[targets],
+                                  self._reserved_sens[targets])
+        return self._views[group]
 
     def estimates(self, instances: Sequence[int], chunk: int = 1024) -> np.ndarray:
         """Linearised score change of each instance's best move (an order to search in).
@@ -487,20 +529,32 @@ class Balancer:
             out[start:start + len(part)] = best
         return out
 
-    def best_move(self, i: int) -> Tuple[float, int, int, int]:
-        """(score after, kind code, new primary, new secondary) of the instance's best move."""
-        pri, sec = (int(x) for x in self.loads.placement[i])
-        group = self.cluster.nodes[pri].group
-        targets = self.targets[group]
-        targets = targets[(targets != pri) & (targets != sec)]
-        if len(targets) > self.shortlist:
-            targets = self._shortlist(i, targets)
-        cand = self._candidates(i, targets)
-        if not len(cand.kinds):
-            return np.inf, -1, -1, -1
-        scores = self._score(i, cand)
-        k = int(np.argmin(scores))
-        return float(scores[k]), int(cand.kinds[k]), int(cand.pri[k]), int(cand.sec[k])
+    def best_moves(self, instances: Sequence[int]) -> List[Tuple[float, int, int, int]]:
+        """(score after, kind code, new primary, new secondary) of each instance's best move.
+
+        Instances of one group are scored together in batches of about
+        ``BATCH_CELLS`` instance x target pairs, except those with exclusion
+        tags (one each).
+        """
+        loads, nodes = self.loads, self.cluster.nodes
+        batches: Dict[Tuple[str, int], List[int]] = {}
+        for i in instances:
+            key = (nodes[loads.placement[i][0]].group, i if len(self.inst_tags[i]) else -1)
+            batches.setdefault(key, []).append(i)
+        best: Dict[int, Tuple[float, int, int, int]] = {}
+        for (group, _), members in batches.items():
+            targets = self.targets[group]
+            size = max(1, min(BATCH_MAX, BATCH_CELLS // max(1, len(targets))))
+            for start in range(0, len(members), size):
+                insts = np.array(members[start:start + size])
+                cand = self._candidates(insts, self._target_masks(insts, group), targets)
+                scores = self._score(cand)
+                ends = np.cumsum(np.bincount(cand.seg, minlength=len(insts)))
+                for i, lo, hi in zip(insts.tolist(), np.r_[0, ends[:-1]], ends):
+                    k = lo + int(np.argmin(scores[lo:hi])) if hi > lo else -1
+                    best[i] = ((float(scores[k]), int(cand.kinds[k]), int(cand.pri[k]), int(cand.sec[k]))
+                               if k >= 0 else (np.inf, -1, -1, -1))
+        return [best[i] for i in instances]
 
     # -- applying moves -------------------------------------------------------------
 
@@ -517,6 +571,7 @@ class Balancer:
         self.rmax[touched] = loads.peers[touched].max(axis=1)
         self.fail_n1[touched] = self.unalloc(touched, loads.agg[touched]) <= self.rmax[touched]
         self._sens = None
+        self._views.clear()
         names = self.cluster.nodes
         self.cluster.relocate(self.cluster.instances[i], names[pri].name,
                               names[sec].name if sec >= 0 else None)
@@ -590,11 +645,12 @@ class _LazySearch:
     def refresh(self, instances: Sequence[int]) -> None:
         """Re-evaluate instances at the current state."""
         current = self.current
-        for i in instances:
-            self.best[i] = self.bal.best_move(i)
+        for i, best in zip(instances, self.bal.best_moves(instances)):
+            self.best[i] = best
             self.stamp[i] = self.version
-            self.move_nodes[i] = self.best[i][2:]
-            heapq.heappush(self.heap, (self.best[i][0] - current, i, self.version))
+            self.move_nodes[i] = best[2:]
+            heapq.heappush(self.heap, (best[0] - current, i, self.version))
+        self.dirty.difference_update(instances)
 
     def moved(self, touched: List[int]) -> None:
         """After a move: every cached move is stale (re-evaluated now if exact)."""
@@ -630,12 +686,20 @@ class _LazySearch:
             if version != self.stamp[i]:
                 heapq.heappop(self.heap)  # superseded entry
             elif version != self.version:
-                heapq.heappop(self.heap)
-                self.refresh([i])
+                self.refresh(self._stale_top())
             else:
                 total = self.best[i][0]
                 return (i, self.best[i]) if accept(total) else None
         return None
+
+    def _stale_top(self) -> List[int]:
+        """Up to ``POP_BATCH`` instances off the top of the heap whose cached move is stale."""
+        stale: List[int] = []
+        while self.heap and len(stale) < POP_BATCH and self.heap[0][2] != self.version:
+            _, i, version = heapq.heappop(self.heap)
+            if version == self.stamp[i]:
+                stale.append(i)
+        return stale
 
 
 def format_moves(result: BalanceResult) -> str:

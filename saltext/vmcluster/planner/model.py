@@ -154,6 +154,7 @@ class Cluster:
     instances: List[Instance] = field(default_factory=list)
     tags: List[str] = field(default_factory=list)
     ipolicies: Dict[str, IPolicy] = field(default_factory=dict)
+    _node_index: Dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def group_ipolicy(self, group: Group) -> IPolicy:
         """The policy in force for a group (Ganeti's default if it has none)."""
@@ -175,8 +176,14 @@ class Cluster:
         return {t for t in node.tags for p in prefixes if t.startswith(p + ":")}
 
     def node(self, name: str) -> Node:
-        """The node called ``name``."""
-        return next(n for n in self.nodes if n.name == name)
+        """The node called ``name`` (a name index, rebuilt when it misses)."""
+        k = self._node_index.get(name, -1)
+        if not (0 <= k < len(self.nodes) and self.nodes[k].name == name):
+            self._node_index = {}
+            for k, n in enumerate(self.nodes):
+                self._node_index.setdefault(n.name, k)
+            k = self._node_index[name]
+        return self.nodes[k]
 
     def relocate(self, inst: Instance, primary: str, secondary: Optional[str]) -> None:
         """Move ``inst`` to new nodes, updating the nodes' reported free resources."""

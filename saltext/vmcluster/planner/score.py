@@ -395,7 +395,7 @@ class ScoreState:
         old = np.where(member, self.rows[nodes] - self.shift, 0.0)
         s1 = self.s1 + (new - old).sum(axis=1)
         s2 = self.s2 + (new * new - old * old).sum(axis=1)
-        return self._values(s1, s2) @ self.weights + MAP_METRIC.weight * _map_value(self.map_totals)
+        return np.einsum("kc,c->k", self._values(s1, s2), self.weights) + MAP_METRIC.weight * _map_value(self.map_totals)
 
     def candidate_totals(self, nodes: Sequence[int], rows: np.ndarray,
                          fixed: Optional[Mapping[int, NodeRow]] = None,
