@@ -10,12 +10,14 @@ passes Ganeti's hard checks; it stops when no move gains enough (min gain
 
 Differences from hbal, all for speed or reach:
 
-* candidate moves of one instance are scored together, vectorised over the
-  targets, against running per-metric sums (:class:`ScoreState`), instead
-  of recomputing the full score for every candidate;
+* candidate moves of a batch of instances of one group are scored
+  together, vectorised over instances and targets, against running
+  per-metric sums (:class:`ScoreState`), instead of recomputing the full
+  score for every candidate;
 * above ``exact_budget`` (movable instances x target nodes), lazy greedy:
   each instance's best move is cached with its gain; a step re-evaluates
-  instances in order of cached gain until the best one is current, and a
+  instances in order of cached gain (the stale ones at the top of the heap
+  ``POP_BATCH`` at a time) until the best one is current, and a
   full re-evaluation confirms the end of the search (below the budget every
   step re-evaluates every instance, as hbal does);
 * above ``estimate_budget`` as well, the first search order comes from a
