@@ -1,15 +1,19 @@
 """Benchmark of the planner's balancer against Ganeti's hbal.
 
 For each case (Ganeti's .data files with instances, then generated skewed
-clusters) runs ``hbal -t FILE -S PREFIX`` (if installed, under a time limit)
-and ``balance``, scores both .balanced files with Ganeti's ``hinfo`` and
-prints one table row; for the generated clusters up to 100/1000 the last
-column, for comparison, is the score of the exact search (every target
-scored, no linear shortlist or estimates). With ``--large`` it adds 200/2000
-and 1000/10000 and reports, for 1000/10000, the balance time, one
-allocation's time (if the allocate module exists) and the peak memory.
+clusters) runs ``balance`` and ``hbal -t FILE -S PREFIX`` (if installed,
+under a time limit), scores both .balanced files with Ganeti's ``hinfo`` and
+prints one row: scores, moves, seconds and the ratios ours/hbal (score,
+moves) and hbal/ours (speed); for the generated clusters up to 100/1000 the
+last column is the score of the exact search (every target scored, no
+linear shortlist or estimates). Generated cases where hbal timed out (up to
+200 nodes) are then run again with ``hbal -l N`` and ``max_steps=N``: the
+equal-steps table compares the scores after the same number of moves and
+the time per move. The default run (corpus, 20/80, 60/500) takes a few
+minutes; ``--large`` adds 100/1000, 200/2000 and 1000/10000 and reports,
+for 1000/10000, one allocation's time and the peak memory.
 
-    python bench/planner_bench.py [--large] [--hbal-timeout 120] [--workdir DIR]
+    python bench/planner_bench.py [--large] [--hbal-timeout 30] [--steps N] [--workdir DIR]
 """
 
 import argparse
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -31,9 +36,10 @@ from saltext.vmcluster.planner.model import Cluster, Group, Instance, Node
 
 GANETI = Path("/usr/lib/ganeti/3.0/usr/bin")
 CORPUS = Path("/work/shared/data/ganeti-htools")
-SIZES = [(20, 80), (60, 500), (100, 1000)]
-LARGE = [(200, 2000), (1000, 10000)]
-EXACT_CASES = {f"skewed {n}/{i}" for n, i in SIZES}
+SIZES = [(20, 80), (60, 500)]
+LARGE = [(100, 1000), (200, 2000), (1000, 10000)]
+EXACT_MAX_NODES = 100  # the exact search's score is shown up to this size
+EQUAL_STEPS_MAX_NODES = 200  # beyond, hbal needs minutes per move
 MOVE_LINE = re.compile(r"^\s+\d+\. ", re.M)
 
 
@@ -70,10 +76,10 @@ def _env():
     return {k: v for k, v in os.environ.items() if k != "HTOOLS"}
 
 
-def run_hbal(path: Path, prefix: Path, timeout: float):
-    """(score, moves, seconds) of hbal; score None on timeout or failure.
-
-    Multi-group files are balanced one group after the other (hbal -G).
+def run_hbal(path: Path, prefix: Path, timeout: Optional[float], steps: int = -1):
+    """(score, moves, seconds) of hbal (at most ``steps`` moves if >= 0); score None
+    on timeout (None: no limit) or failure. Multi-group files are balanced one group after the
+    other (hbal -G).
     """
     start = time.perf_counter()
     groups = [g.name for g in htools.load(path).groups] if len(htools.load(path).groups) > 1 else [None]
@@ -82,9 +88,10 @@ def run_hbal(path: Path, prefix: Path, timeout: float):
         out_prefix = Path(f"{prefix}.g{k}") if group else prefix
         args = [str(GANETI / "hbal"), "-t", str(current), "-S", str(out_prefix)]
         args += ["-G", group] if group else []
+        args += ["-l", str(steps)] if steps >= 0 else []
         try:
-            out = subprocess.run(args, capture_output=True, text=True, env=_env(),
-                                 timeout=max(1.0, timeout - (time.perf_counter() - start)))
+            left = None if timeout is None else max(1.0, timeout - (time.perf_counter() - start))
+            out = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=left)
         except subprocess.TimeoutExpired as exc:
             done = len(MOVE_LINE.findall((exc.stdout or b"").decode()))
             return None, moves + done, time.perf_counter() - start
@@ -102,15 +109,15 @@ def run_hbal(path: Path, prefix: Path, timeout: float):
     return hinfo_score(replayed), moves, seconds
 
 
-def run_ours(path: Path, prefix: Path):
-    """(score by hinfo, moves, seconds) of our balancer."""
+def run_ours(path: Path, prefix: Path, steps: int = -1):
+    """(score by hinfo, moves, seconds, result) of our balancer."""
     cluster = htools.load(path)
     start = time.perf_counter()
-    result = balance(cluster)
+    result = balance(cluster, max_steps=steps)
     seconds = time.perf_counter() - start
     out = Path(f"{prefix}.balanced")
     htools.dump(result.cluster, out)
-    return hinfo_score(out), len(result.moves), seconds
+    return hinfo_score(out), len(result.moves), seconds, result
 
 
 def exact_score(path: Path) -> float:
@@ -120,66 +127,99 @@ def exact_score(path: Path) -> float:
 
 
 def cases(workdir: Path, large: bool):
-    """(name, path) of every benchmark case, generated files written to ``workdir``."""
+    """(name, path, generated nodes or 0) of every case; generated files go to ``workdir``."""
     for path in sorted(CORPUS.glob("*.data")):
         try:
             if htools.load(path).instances:
-                yield path.stem, path
+                yield path.stem, path, 0
         except htools.HtoolsFormatError:
             continue
     for n_nodes, n_inst in SIZES + (LARGE if large else []):
         path = workdir / f"skewed-{n_nodes}-{n_inst}.data"
         htools.dump(skewed_cluster(n_nodes, n_inst), path)
-        yield f"skewed {n_nodes}/{n_inst}", path
+        yield f"skewed {n_nodes}/{n_inst}", path, n_nodes
 
 
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
+def ratio(ours, ref) -> str:
+    """ours / ref, "-" without a reference."""
+    if ours is None or ref is None:
+        return "-"
+    return f"{ours / ref:.4f}" if ref else ("1.0000" if ours == 0 else "inf")
+
+
+def table(title: str, columns) -> None:
+    """Print a table's title and header; ``columns`` are (name, width), < 0: left-aligned."""
+    header = " ".join(f"{name:<{-width}}" if width < 0 else f"{name:>{width}}" for name, width in columns)
+    print(f"\n{title}\n{header}\n{'-' * len(header)}", flush=True)
+
+
+MAIN = [("case", -34), ("hbal score", 12), ("mv", 5), ("s", 8), ("ours score", 12), ("mv", 5),
+        ("s", 8), ("score ratio", 11), ("moves ratio", 11), ("speed ratio", 11), ("exact score", 12)]
+STEPS = [("case", -18), ("steps", 5), ("hbal score", 12), ("mv", 4), ("s", 8), ("ours score", 12),
+         ("mv", 4), ("s", 8), ("score ratio", 11), ("s/move hbal", 11), ("s/move ours", 11),
+         ("speed ratio", 11)]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--large", action="store_true", help="add 200/2000 and 1000/10000")
-    parser.add_argument("--hbal-timeout", type=float, default=120.0,
-                        help="seconds hbal may take per case (default 120)")
+    parser.add_argument("--large", action="store_true", help="add 100/1000, 200/2000 and 1000/10000")
+    parser.add_argument("--hbal-timeout", type=float, default=30.0,
+                        help="seconds a full hbal run may take per case (default 30)")
+    parser.add_argument("--steps", type=int,
+                        help="moves of the equal-steps runs (default 5, 20 with --large)")
     parser.add_argument("--workdir", type=Path, help="where to write data files (default: temp)")
     args = parser.parse_args(argv)
+    steps = args.steps or (20 if args.large else 5)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="planner-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     have_hbal = (GANETI / "hbal").exists()
-    header = (f"{'case':34} {'hbal score':>12} {'mv':>5} {'s':>8}  {'ours score':>12} {'mv':>5} "
-              f"{'s':>8}  {'score ratio':>11} {'speed ratio':>11} {'exact score':>12}")
-    print(header)
-    print("-" * len(header))
-    for name, path in cases(workdir, args.large):
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    table("Full balance (scores by hinfo; ratios ours/hbal, speed hbal/ours)", MAIN)
+    unfinished, large = [], None
+    for name, path, n_nodes in cases(workdir, args.large):
         prefix = workdir / re.sub(r"\W", "_", name)
-        ours, our_moves, our_s = run_ours(path, Path(f"{prefix}.ours"))
-        if have_hbal:
-            ref, ref_moves, ref_s = run_hbal(path, Path(f"{prefix}.hbal"), args.hbal_timeout)
-        else:
-            ref, ref_moves, ref_s = None, None, None
-        ratio = "-" if ref is None else (f"{ours / ref:.4f}" if ref else ("1.0000" if ours == 0 else "inf"))
-        if ref_s is None:
-            speed = "-"
-        else:
-            speed = ("> " if ref is None else "") + f"{ref_s / max(our_s, 1e-6):.1f}x"
+        ours, our_moves, our_s, result = run_ours(path, Path(f"{prefix}.ours"))
+        ref, ref_moves, ref_s = (run_hbal(path, Path(f"{prefix}.hbal"), args.hbal_timeout)
+                                 if have_hbal else (None, None, None))
+        if n_nodes == LARGE[-1][0]:
+            large = (path, our_s, result)
+        if ref_s is not None and ref is None and 0 < n_nodes <= EQUAL_STEPS_MAX_NODES:
+            unfinished.append((name, path, prefix))
+        speed = "-" if ref_s is None else ("> " if ref is None else "") + f"{ref_s / max(our_s, 1e-6):.1f}x"
         hbal_score = "timeout" if have_hbal and ref is None else fmt(ref, ".6f")
-        exact = exact_score(path) if name in EXACT_CASES else None
-        print(f"{name:34} {hbal_score:>12} {fmt(ref_moves, 'd'):>5} {fmt(ref_s, '.2f'):>8}  "
-              f"{ours:12.6f} {our_moves:5d} {our_s:8.2f}  {ratio:>11} {speed:>11} {fmt(exact, '.6f'):>12}",
-              flush=True)
-    if args.large:
-        report_large(workdir)
+        exact = exact_score(path) if 0 < n_nodes <= EXACT_MAX_NODES else None
+        print(f"{name:34} {hbal_score:>12} {fmt(ref_moves, 'd'):>5} {fmt(ref_s, '.2f'):>8} "
+              f"{ours:12.6f} {our_moves:5d} {our_s:8.2f} {ratio(ours, ref):>11} "
+              f"{ratio(our_moves, ref_moves if ref is not None else None):>11} {speed:>11} "
+              f"{fmt(exact, '.6f'):>12}", flush=True)
+    if unfinished:
+        table(f"Equal steps where hbal timed out (hbal -l {steps}, ours max_steps={steps})", STEPS)
+        for name, path, prefix in unfinished:
+            equal_steps(name, path, prefix, steps)
+    if large:
+        report_large(*large)
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return 0
 
 
-def report_large(workdir: Path) -> None:
-    """Balance and one allocation on 1000/10000, and the peak memory."""
-    cluster = htools.load(workdir / "skewed-1000-10000.data")
-    start = time.perf_counter()
-    result = balance(cluster)
-    print(f"\n1000/10000: full balance {time.perf_counter() - start:.1f} s, "
-          f"{len(result.moves)} moves, score {result.initial_score:.4f} -> {result.final_score:.4f}")
+def equal_steps(name: str, path: Path, prefix: Path, steps: int) -> None:
+    """One row: hbal and ours after the same number of moves, time per move."""
+    ours, our_moves, our_s, _ = run_ours(path, Path(f"{prefix}.ours{steps}"), steps)
+    ref, ref_moves, ref_s = run_hbal(path, Path(f"{prefix}.hbal{steps}"), None, steps)
+    per_ref, per_ours = ref_s / max(ref_moves, 1), our_s / max(our_moves, 1)
+    print(f"{name:18} {steps:5d} {ref:12.6f} {ref_moves:4d} {ref_s:8.2f} {ours:12.6f} {our_moves:4d} "
+          f"{our_s:8.2f} {ratio(ours, ref):>11} {per_ref:11.4f} {per_ours:11.4f} "
+          f"{per_ref / max(per_ours, 1e-9):10.1f}x", flush=True)
+
+
+def report_large(path: Path, seconds: float, result) -> None:
+    """The 1000/10000 balance, one allocation on its result, and the peak memory."""
+    print(f"\n1000/10000: full balance {seconds:.1f} s, {len(result.moves)} moves, "
+          f"score {result.initial_score:.4f} -> {result.final_score:.4f}")
     try:
         allocate = importlib.import_module("saltext.vmcluster.planner.allocate")
     except ImportError:
