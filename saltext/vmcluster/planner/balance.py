@@ -27,7 +27,7 @@ Differences from hbal, all for speed or reach:
   exactly when they reach the top, so the moves taken may differ from the
   exact search's on near-ties; the pass confirming the end of the search
   only re-evaluates the instances on, or with a cached move to, a node
-  moved since the last such pass (the others' cached gains have only
+  moved since it was last evaluated (the others' cached gains have only
   drifted with the cluster's means);
 * in groups of more than ``shortlist`` online nodes, the exact evaluation of
   an instance only covers ``shortlist_size`` targets per new role (primary,
@@ -632,9 +632,9 @@ class _LazySearch:
         self.best: Dict[int, Tuple[float, int, int, int]] = {}
         self.stamp: Dict[int, int] = {}
         self.full_version = -1
-        # with estimates: instances whose placement or cached move touches a
-        # moved node since the last confirming pass, and the cached move's nodes
-        self.dirty: set = set()
+        # with estimates: the version each node was last moved at (the last
+        # entry stands for node -1, never moved), and each cached move's nodes
+        self.moved_at = np.full(len(bal.loads.t_mem) + 1, -1)
         self.move_nodes = np.full((len(bal.cluster.instances), 2), -1)
         if not estimate:
             self.refresh(bal.movable)
@@ -652,7 +652,6 @@ class _LazySearch:
             self.stamp[i] = self.version
             self.move_nodes[i] = best[2:]
             heapq.heappush(self.heap, (best[0] - current, i, self.version))
-        self.dirty.difference_update(instances)
 
     def moved(self, touched: List[int]) -> None:
         """After a move: every cached move is stale (re-evaluated now if exact)."""
@@ -662,19 +661,19 @@ class _LazySearch:
             self.refresh(self.bal.movable)
             self.full_version = self.version
         elif self.estimate:
-            hit = np.zeros(len(self.bal.loads.t_mem) + 1, bool)  # the last entry: node -1
-            hit[touched] = True
-            near = hit[self.bal.loads.placement].any(1) | hit[self.move_nodes].any(1)
-            self.dirty.update(np.flatnonzero(near).tolist())
+            self.moved_at[touched] = self.version
 
     def next_move(self, accept: Callable[[float], bool]):
         """The best current move passing ``accept``, or None; confirms with a full pass
-        (with estimates: a pass over the instances near the nodes moved since the last)."""
+        (with estimates: a pass over the instances whose nodes or cached move's nodes
+        moved since they were evaluated)."""
         found = self._pop(accept)
         if found is None and self.full_version != self.version:
             if self.estimate:
-                self.refresh(sorted(self.dirty.intersection(self.stamp)))
-                self.dirty.clear()
+                movable = np.array(self.bal.movable)
+                nodes = np.concatenate((self.bal.loads.placement[movable], self.move_nodes[movable]), 1)
+                stamps = np.array([self.stamp[i] for i in self.bal.movable])
+                self.refresh(movable[self.moved_at[nodes].max(1) > stamps].tolist())
             else:
                 self.heap = []
                 self.refresh(self.bal.movable)
