@@ -78,8 +78,10 @@ def _env():
 
 def cpu_seconds(children: bool) -> float:
     """CPU time (user + system) of this process, or of its waited-for children."""
-    t = os.times()
-    return t.children_user + t.children_system if children else t.user + t.system
+    if not children:
+        return time.process_time()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_hbal(path: Path, prefix: Path, timeout: Optional[float], steps: int = -1):
