@@ -48,36 +48,45 @@ def op(runner, fun, *args, **kwargs):
     return runner.cmd(f"cluster.{fun}", list(args), kwarg=kwargs, print_event=False)
 
 
-def test_life_cycle_of_a_file_instance(lab, runner, store, cleanup):
-    cleanup.append("life1")
-    plan = op(runner, "add", "life1", template="file", test=True, **SMALL)
-    assert plan["job"] is None and plan["plan"][0].startswith("record_instance")
-    assert store.instance("life1") is None and defined_on(lab, "life1") == []  # the dry run changed nothing
+def defined_count(runner, node):
+    """The ``pinst`` column (instances defined there) of ``node`` in the ``cluster.nodes`` table."""
+    return op(runner, "nodes", node)["data"][0]["pinst"]
 
-    done = op(runner, "add", "life1", template="file", **SMALL)
+
+@pytest.mark.parametrize("template", ["file", "sharedfile"])
+def test_life_cycle(lab, runner, store, cleanup, template):
+    name = f"life-{template}"
+    cleanup.append(name)
+    plan = op(runner, "add", name, template=template, test=True, **SMALL)
+    assert plan["job"] is None and plan["plan"][0].startswith("record_instance")
+    assert store.instance(name) is None and defined_on(lab, name) == []  # the dry run changed nothing
+
+    done = op(runner, "add", name, template=template, **SMALL)
     assert done["state"] == "done", done
-    record = store.instance("life1")
+    record = store.instance(name)
     primary = record["primary"]
-    assert record["admin_state"] == "up" and running_on(lab)["life1"] == [primary]
-    disk = Path(lab.node(primary).storage["file"]) / "life1" / "disk0.qcow2"
+    assert record["admin_state"] == "up" and running_on(lab)[name] == [primary]
+    disk = Path(lab.node(primary).storage[template]) / name / "disk0.qcow2"
     assert disk.is_file()
 
-    rows = op(runner, "instances", "life*")["data"]
+    rows = op(runner, "instances", "life-*")["data"]
     assert [(r["instance"], r["primary"], r["state"], r["template"]) for r in rows] == [
-        ("life1", primary, "up", "file")]
+        (name, primary, "up", template)]
+    pinst = defined_count(runner, primary)
 
-    stopped = op(runner, "stop", "life*", timeout=2)  # a wildcard: one job per matching instance
-    assert list(stopped) == ["life1"] and stopped["life1"]["state"] == "done"
-    assert store.instance("life1")["admin_state"] == "down" and "life1" not in running_on(lab)
-    assert op(runner, "start", "life1")["state"] == "done"
-    assert running_on(lab)["life1"] == [primary]
-    assert op(runner, "reboot", "life1", timeout=1)["state"] == "done"
-    assert running_on(lab)["life1"] == [primary]
+    stopped = op(runner, "stop", "life-*", timeout=2)  # a wildcard: one job per matching instance
+    assert list(stopped) == [name] and stopped[name]["state"] == "done"
+    assert store.instance(name)["admin_state"] == "down" and name not in running_on(lab)
+    assert op(runner, "start", name)["state"] == "done"
+    assert running_on(lab)[name] == [primary]
+    assert op(runner, "reboot", name, timeout=1)["state"] == "done"
+    assert running_on(lab)[name] == [primary]
 
-    assert op(runner, "remove", "life1")["state"] == "done"
-    assert store.instance("life1") is None and defined_on(lab, "life1") == [] and not disk.exists()
+    assert op(runner, "remove", name)["state"] == "done"
+    assert store.instance(name) is None and defined_on(lab, name) == [] and not disk.exists()
+    assert defined_count(runner, primary) == pinst - 1
     jobs = {(r["operation"], r["target"], r["state"]) for r in op(runner, "jobs")["data"]}
-    assert {("add", "life1", "done"), ("remove", "life1", "done")} <= jobs
+    assert {("add", name, "done"), ("stop", name, "done"), ("reboot", name, "done"), ("remove", name, "done")} <= jobs
 
 
 def test_sharedfile_instance_on_the_node_asked_for(lab, runner, store, cleanup):

@@ -103,11 +103,18 @@ def test_planner_verbs_on_a_ganeti_data_file(runner):
     assert ret["retcode"] == 1 and "file: cannot load /nonexistent/cluster.data" in ret["error"]
 
 
-def test_replace_disks_plan_and_refusals(lab, runner, store, cleanup):
-    cleanup.append("rdf")
-    add(runner, "rdf", "node1", "sharedfile")
-    ret = op(runner, "replace_disks", "rdf", new_secondary="node2")
-    assert ret["retcode"] == 1 and "rdf has disk template sharedfile" in ret["error"]
+@pytest.mark.parametrize("template", ["file", "sharedfile"])
+def test_replace_disks_is_refused_for_templates_without_a_mirror(runner, store, cleanup, template):
+    name = f"rd-{template}"
+    cleanup.append(name)
+    add(runner, name, "node1", template, start=False)
+    jobs = set(store.jobs())
+    ret = op(runner, "replace_disks", name, new_secondary="node2")
+    assert ret["retcode"] == 1 and f"{name} has disk template {template}" in ret["error"]
+    assert set(store.jobs()) == jobs and store.instance(name)["secondary"] is None
+
+
+def test_replace_disks_of_a_drbd_instance_plans_then_stops_at_the_kernel(runner, store):
     # a drbd record as add writes it (add cannot create DRBD disks on this kernel)
     nodes = [{"name": n, "address": f"127.0.0.{k + 1}"} for k, n in enumerate(("node1", "node2"))]
     store.put_instance({"name": "rdd", "template": "drbd", "memory": 64, "vcpus": 1, "nics": [], "tags": [],
