@@ -182,3 +182,6 @@ def test_grow_steps_of_a_drbd_disk_grow_both_lvs_then_drbd_then_the_guest():
     assert [s["set"] for s in job["steps"]] == [0, 0, 1, 2, 3]  # both LVs grow in parallel
     file_steps = changes.grow_steps(rec("web1", "node1"), 0, 2 * GIB)
     assert [s[0] for s in file_steps] == ["grow_domain_disk", "update_instance"]
+    plain_steps = changes.grow_steps(rec("vol1", "node1", template="plain"), 0, 2 * GIB)
+    assert [(s[0], s[1].get("node")) for s in plain_steps] == [
+        ("grow_backing_disk", "node1"), ("grow_domain_disk", "node1"), ("update_instance", None)]

@@ -86,6 +86,23 @@ def test_drbd_add_stops_when_the_sync_does_not_finish(ctx):
     assert ctx.rpc.funs("cluster_vm.define") == [] and ctx.store.instance("db1")["admin_state"] == "down"
 
 
+def test_plain_add_plan_makes_exact_size_lvs_on_its_one_node(ctx):
+    plan = instances.add(ctx, "pl1", "1G", disks=["10G", "20G"], template="plain", nodes="node1", test=True)["plan"]
+    assert [line.split("(")[0] for line in plan] == [
+        "record_instance", "create_disk", "create_disk", "define_domain", "start_domain", "update_instance"]
+    assert plan[1:3] == [f"create_disk(exact=True, index={i}, instance=pl1, node=node1, size={size * GIB}, "
+                         "template=plain)" for i, size in ((0, 10), (1, 20))]
+
+
+def test_drbd_remove_plan_removes_every_disk_on_both_nodes(ctx):
+    instances.add(ctx, "db1", "1G", disks=["10G", "20G"], template="drbd", nodes="node1:node2")
+    plan = instances.remove(ctx, "db1", test=True)["plan"]
+    assert [line for line in plan if line.startswith("remove_disk")] == [
+        f"remove_disk(index={i}, instance=db1, node={node}, template=drbd)"
+        for node in ("node1", "node2") for i in (0, 1)]
+    assert plan[-1] == "forget_instance(name=db1)" and ctx.store.instance("db1")
+
+
 def test_the_domain_uses_each_disk_s_drbd_device_and_the_node_s_acceleration(ctx):
     instances.add(ctx, "db1", "1G", disks=["10G", "20G"], template="drbd", nodes="node1:node2")
     minors = [d["drbd"]["minor"] for d in ctx.store.instance("db1")["disks"]]

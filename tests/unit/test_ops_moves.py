@@ -266,8 +266,9 @@ def test_failover_drbd_and_refusals(make_ctx):
         moves.failover(ctx, "db1", shutdown_timeout=-1)
 
 
-def test_move_plan_stops_copies_and_restores_the_admin_state(make_ctx):
-    ctx = make_ctx([record("web1", "file", "node1", disks=2)], {"node1": {"web1": "running"}})
+@pytest.mark.parametrize("template", ["file", "plain"])
+def test_move_plan_stops_copies_and_restores_the_admin_state(make_ctx, template):
+    ctx = make_ctx([record("web1", template, "node1", disks=2)], {"node1": {"web1": "running"}})
     plan = plan_of(moves.move(ctx, "web1", target="node2", shutdown_timeout=5, test=True))
     assert [line.split("(")[0] for line in plan] == [
         "update_instance", "stop_domain", "create_disk", "create_disk", "copy_disk", "copy_disk", "define_domain",
@@ -275,7 +276,7 @@ def test_move_plan_stops_copies_and_restores_the_admin_state(make_ctx):
     ]
     assert plan[0] == "update_instance(admin_state=down, name=web1)" and plan[-1].endswith("(admin_state=up, name=web1)")
     assert plan[4] == ("copy_disk(address=192.0.2.1, index=0, instance=web1, source=node1, target=node2, "
-                       "template=file)")
+                       f"template={template})")
     job = engine.new_job("move", "web1", [("create_disk", {}, "create-target-disks")] * 2 + [("copy_disk", {})], [])
     assert [s["set"] for s in job["steps"]] == ["create-target-disks", "create-target-disks", 2]
 

@@ -267,6 +267,20 @@ def _drbd(name="db1", primary="node1", secondary="node2", minor=0, count=2):
     return instance_record(name, primary, template="drbd", secondary=secondary, disks=disks)
 
 
+def test_evacuate_plans_drbd_and_plain_instances(make_ctx):
+    ctx = make_ctx([_drbd(count=1), instance_record("pl1", "node1", template="plain"),
+                    instance_record("pl2", "node1", template="plain", up=False)])
+    out = planned.evacuate(ctx, "node1", test=True)
+    actions = {line.split(": ")[1]: line.split(": ")[2] for line in out["plan"]}
+    assert actions["pl1"].startswith("migrate to ") and actions["pl2"].startswith("move to ")  # LVs copied
+    assert "migrate to " in actions["db1"]  # the drbd primary leaves live, its mirror rebuilt first
+    assert all("node1" not in m["to"].split(":") for m in out["moves"])
+    secondaries = planned.evacuate(ctx, "node2", mode="secondary", test=True)
+    assert [m["to"].split(":")[0] for m in secondaries["moves"]] == ["node1"]  # the primary stays
+    assert [line.split(": ", 1)[1].split(" to ")[0] for line in secondaries["plan"]] == ["db1: replace"]
+    assert ctx.store.jobs() == {} and ctx.rpc.calls == []
+
+
 def test_replace_disks_refuses_other_templates_and_bad_nodes(make_ctx):
     ctx = make_ctx([instance_record("web1", "node1"), _drbd()])
     with pytest.raises(engine.OpError, match="web1 has disk template file; replace_disks changes the DRBD"):
