@@ -250,8 +250,8 @@ def test_release_old_primary_is_one_call_where_the_node_answers(make_ctx):
 
 
 def test_failover_drbd_and_refusals(make_ctx):
-    ctx = make_ctx([record("db1", "drbd", "node1", "node2", admin_state="down"), record("web1", "file", "node1")],
-                   {"node1": {"db1": "shutoff"}})
+    ctx = make_ctx([record("db1", "drbd", "node1", "node2", admin_state="down"), record("web1", "file", "node1"),
+                    record("vol1", "plain", "node3")], {"node1": {"db1": "shutoff"}})
     plan = plan_of(moves.failover(ctx, "db1", shutdown_timeout=0, test=True))
     assert plan == [
         "release_old_primary(ignore_consistency=False, instance=db1, node=node1, timeout=0)",
@@ -262,6 +262,8 @@ def test_failover_drbd_and_refusals(make_ctx):
     ]  # admin-down: not started
     with pytest.raises(engine.OpError, match="^template: web1 is a file instance whose disks exist on node1 only"):
         moves.failover(ctx, "web1")
+    with pytest.raises(engine.OpError, match="^template: vol1 is a plain instance whose disks exist on node3 only"):
+        moves.failover(ctx, "vol1")
     with pytest.raises(ValidationError, match="^shutdown_timeout: "):
         moves.failover(ctx, "db1", shutdown_timeout=-1)
 
@@ -282,9 +284,12 @@ def test_move_plan_stops_copies_and_restores_the_admin_state(make_ctx, template)
 
 
 def test_move_needs_a_copy_template_and_the_source_address(make_ctx):
-    ctx = make_ctx([record("db1", "sharedfile", "node1"), record("web1", "file", "node1")], {})
+    ctx = make_ctx([record("db1", "sharedfile", "node1"), record("web1", "file", "node1"),
+                    record("db2", "drbd", "node1", "node2")], {})
     with pytest.raises(engine.OpError, match="^template: db1 is a sharedfile instance"):
         moves.move(ctx, "db1", target="node2")
+    with pytest.raises(engine.OpError, match="^template: db2 is a drbd instance: .* cluster.migrate db2"):
+        moves.move(ctx, "db2", target="node3")
     ctx.rpc.handlers["grains.get"] = lambda node, key: {"migration": None}
     with pytest.raises(engine.OpError, match=r"^vmcluster:migration:address is not set in the minion config of node1"):
         moves.move(ctx, "web1", target="node2")
