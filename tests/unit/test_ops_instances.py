@@ -27,7 +27,8 @@ class FakeNodes:
         answers = {
             "drbd.status": {args[0]: {"role": "Secondary", "volumes": [{"disk": "Inconsistent"}]}} if args else {},
             "drbd.wait_sync": {"synced": self.synced, "done": 100.0 if self.synced else 42.0},
-            "grains.get": {"storage": {"drbd": "vg0", "file": "/srv/vmc", "sharedfile": "/mnt/vmc"}, "kvm_usable": True,
+            "grains.get": {"storage": {"drbd": "vg0", "plain": "vg0", "file": "/srv/vmc", "sharedfile": "/mnt/vmc"},
+                           "kvm_usable": True,
                            "bridges": self.grain_bridges.get(node, self.bridges.get(node, []))},
             "cluster_node.bridges": self.bridges.get(node, []),
             "cluster_disk.image_info": {"size": self.image_size, "format": "qcow2"},
@@ -101,6 +102,20 @@ def test_drbd_remove_plan_removes_every_disk_on_both_nodes(ctx):
         f"remove_disk(index={i}, instance=db1, node={node}, template=drbd)"
         for node in ("node1", "node2") for i in (0, 1)]
     assert plan[-1] == "forget_instance(name=db1)" and ctx.store.instance("db1")
+
+
+@pytest.mark.parametrize("template, nodes", [("plain", "node1"), ("drbd", "node1:node2")])
+def test_start_stop_and_reboot_act_on_the_primary_only(ctx, template, nodes):
+    instances.add(ctx, "v1", "1G", disks="10G", template=template, nodes=nodes, start=False)
+    plans = {verb: getattr(instances, verb)(ctx, "v1", test=True)["plan"] for verb in ("start", "stop", "reboot")}
+    assert plans == {
+        "start": ["define_domain(instance=v1, node=node1)", "start_domain(instance=v1, node=node1)",
+                  "update_instance(admin_state=up, name=v1)"],
+        "stop": ["update_instance(admin_state=down, name=v1)",
+                 "stop_domain(force=False, instance=v1, node=node1, timeout=60)"],
+        "reboot": ["stop_domain(instance=v1, node=node1, timeout=60)", "start_domain(instance=v1, node=node1)",
+                   "update_instance(admin_state=up, name=v1)"],
+    }
 
 
 def test_the_domain_uses_each_disk_s_drbd_device_and_the_node_s_acceleration(ctx):
