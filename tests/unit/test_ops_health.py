@@ -148,6 +148,14 @@ def test_room_failure_checks_the_primary_and_n1():
         "FailN1: the failure of node1 could no longer be absorbed")
 
 
+def test_room_failure_of_a_drbd_instance_checks_its_secondary_too():
+    records = {"db1": rec("db1", "node1", memory=1000, template="drbd", secondary="node3")}
+    replies = {"node1": reply(free=20000, db1=(True, 1000, 1)), "node2": reply(free=20000), "node3": reply(free=3000)}
+    cluster = cluster_from_live(_cfg(), replies, records, {})
+    assert changes.room_failure(cluster, "db1", 2000, 1) == ""
+    assert changes.room_failure(cluster, "db1", 5000, 1) == "FailMem on secondary node3"  # could not fail over
+
+
 def test_watcher_plan_restarts_only_admin_up_instances_on_answering_primaries():
     records = {
         "up1": rec("up1", "node1"),  # destroyed behind our back: restart
