@@ -83,6 +83,9 @@ class Store:
     def put_job(self, job):
         self.cache.store(JOBS, job["id"], job)
 
+    def delete_job(self, job_id):
+        self.cache.flush(JOBS, job_id)
+
     # -- locks -----------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -31,6 +31,12 @@ def _t_fail_once(ctx, key):
 
 
 @engine.step
+def _t_refuse(ctx, why):
+    CALLS.append(("refuse", why))
+    raise engine.Refused(why)
+
+
+@engine.step
 def _t_slow(ctx, name):
     CALLS.append(("slow", name, threading.current_thread().name))
     time.sleep(0.3)
@@ -177,3 +183,16 @@ def test_an_interrupted_step_waits_for_the_calls_it_left_on_the_nodes(ctx, monke
 def test_a_first_run_asks_no_node_about_earlier_calls(ctx):
     job = engine.run(ctx, engine.new_job("migrate", "web1", [("_t_migrate", {"node": "node1"})], []))
     assert ctx.rpc.client.published == [("cluster_vm.migrate", {"vmcluster_step": f"{job['id']}/0"})]
+
+
+def test_a_refusal_in_the_first_step_leaves_no_job_and_a_later_one_fails_it(ctx):
+    job = engine.new_job("failover", "db1", [("_t_refuse", {"why": "node1 is silent"}), ("_t_record", {"value": 1})],
+                         ["instance/db1"])
+    with pytest.raises(engine.OpError, match="^node1 is silent$"):
+        engine.run(ctx, job)
+    assert ctx.store.jobs() == {} and ("record", 1) not in CALLS
+    job = engine.new_job("failover", "db2", [("_t_record", {"value": 1}), ("_t_refuse", {"why": "node2 is silent"})],
+                         ["instance/db2"])
+    with pytest.raises(engine.OpError, match=f"failed at step _t_refuse: node2 is silent. .*resume {job['id']}$"):
+        engine.run(ctx, job)
+    assert ctx.store.job(job["id"])["state"] == "failed"  # a step was done: the journal keeps it

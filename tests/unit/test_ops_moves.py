@@ -112,8 +112,9 @@ def test_migrate_file_plan_is_one_node_call_to_the_planners_node(make_ctx):
         "update_instance(name=web1, primary=node3)",
     ]  # node3 has the most free memory; the source node makes the target disks and removes its own
     assert ctx.store.jobs() == {}
-    # the planner's figures, the source's domains, the target's grain (from the master's cache when it has it)
-    assert {c[1] for c in ctx.rpc.calls} == {"cluster_node.resources", "cluster_vm.list_domains", "grains.get"}
+    # the planner's figures and the target's grain (from the master's cache when it has it): the migration
+    # step itself is the first question to the source
+    assert {c[1] for c in ctx.rpc.calls} == {"cluster_node.resources", "grains.get"}
 
 
 def test_migrate_plain_plan_makes_exact_size_lvs_first_and_removes_the_old_ones_after(make_ctx):
@@ -151,7 +152,8 @@ def test_migrate_domain_is_one_call_and_a_repeat_finds_the_instance_moved(make_c
                                    "target_disks": ["/srv/node2/web1/disk0.qcow2"], "create_target_disks": True,
                                    "unsafe": False}
     ctx.rpc.domains = {"node1": {"web1": "shutoff"}}
-    with pytest.raises(engine.OpError, match="^web1 runs neither on node1 .shutoff. nor on node2 .None."):
+    with pytest.raises(engine.Refused, match=r"^web1 is not running on node1 \(shutoff\) nor on node2; .*"
+                                             r"salt-run cluster.move web1 target=node2$"):
         moves.migrate_domain(ctx, **args)
 
 
@@ -200,10 +202,20 @@ def test_bad_arguments_change_nothing(make_ctx, name, kwargs, error):
     assert ctx.store.jobs() == {} and ctx.store.instance("web1")["primary"] == "node1"
 
 
-def test_migrate_refuses_a_stopped_instance_and_names_the_way(make_ctx):
-    ctx = make_ctx([record("web1", "file", "node1", admin_state="down")], {"node1": {"web1": "shutoff"}})
-    with pytest.raises(engine.OpError, match=r"not running on node1 \(shutoff\).*salt-run cluster.move web1 target=node2"):
+def not_running_here(node, name, *args, **kwargs):
+    raise NodeError(node, "cluster_vm.migrate", f"domain {name!r} is not running; live migration needs a running domain")
+
+
+@pytest.mark.parametrize("template, verb", [("file", "move"), ("plain", "move"), ("sharedfile", "failover")])
+def test_migrate_refuses_a_stopped_instance_names_the_way_and_leaves_no_job(make_ctx, template, verb):
+    ctx = make_ctx([record("web1", template, "node1", admin_state="down")], {"node1": {"web1": "shutoff"}})
+    ctx.rpc.handlers["grains.get"] = lambda node, key: {"storage": {template: "vg0"}, "migration": {}}
+    ctx.rpc.handlers["cluster_vm.migrate"] = not_running_here
+    with pytest.raises(engine.OpError, match=rf"not running on node1 \(shutoff\).*salt-run cluster.{verb} web1 "
+                                             "target=node2$"):
         moves.migrate(ctx, "web1", target="node2")
+    assert ctx.store.jobs() == {}
+    assert not [c for c in ctx.rpc.calls if c[1] == "cluster_disk.create"]  # plain: refused before making LVs
 
 
 def test_offline_target_is_refused(make_ctx):

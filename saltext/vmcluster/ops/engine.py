@@ -31,6 +31,12 @@ class OpError(Exception):
     """An operation was refused or failed; the message says why and what to do next."""
 
 
+class Refused(OpError):
+    """A step found, before changing anything, that the operation must not go on (e.g. the node that
+    may still run the instance is silent): raised from the first step of a job, the job is dropped
+    from the journal, as if the operation had been refused before it was written."""
+
+
 def step(func):
     """Register ``func(ctx, **args)`` as a step named after it."""
     STEPS[func.__name__] = func
@@ -159,6 +165,17 @@ def execute_or_plan(journal):
                 raise failures[0]
 
 
+def _failed(journal, exc):
+    """Mark the job failed and raise the OpError that names the step and the resume command."""
+    ctx, job = journal.ctx, journal.job
+    failed = next((s["name"] for s in job["steps"] if s["state"] == "failed"), "(between steps)")
+    message = (f"{job['operation']} {job['target']} failed at step {failed}: {exc}. "
+               f"Fix the cause, then: salt-run cluster.resume {job['id']}")
+    journal.update(job, state="failed", error=message)
+    ctx.event(f"op/{job['operation']}/failed", {"job": job["id"], "error": message, "message": message})
+    raise OpError(message) from exc
+
+
 def run(ctx, job):
     """Run (or continue) ``job`` under its locks; return it done, or raise OpError naming the resume command."""
     journal = _Journal(ctx, job)
@@ -172,13 +189,13 @@ def run(ctx, job):
         })
         try:
             execute_or_plan(journal)
+        except Refused as exc:
+            if any(s["state"] == "done" for s in job["steps"]):
+                _failed(journal, exc)
+            ctx.store.delete_job(job["id"])  # nothing happened: no trace in the journal
+            raise OpError(str(exc)) from exc
         except Exception as exc:  # pylint: disable=broad-except
-            failed = next((s["name"] for s in job["steps"] if s["state"] == "failed"), "(between steps)")
-            message = (f"{job['operation']} {job['target']} failed at step {failed}: {exc}. "
-                       f"Fix the cause, then: salt-run cluster.resume {job['id']}")
-            journal.update(job, state="failed", error=message)
-            ctx.event(f"op/{job['operation']}/failed", {"job": job["id"], "error": message, "message": message})
-            raise OpError(message) from exc
+            _failed(journal, exc)
         journal.update(job, state="done")
         ctx.event(f"op/{job['operation']}/done", {
             "job": job["id"], "message": f"{job['operation']} {job['target']}: done"})

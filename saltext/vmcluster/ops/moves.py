@@ -25,7 +25,7 @@ with ``ignore_consistency=True`` that the silent node is down.
 """
 
 from saltext.vmcluster import disks, names
-from saltext.vmcluster.ops.engine import OpError, new_job, step
+from saltext.vmcluster.ops.engine import OpError, Refused, new_job, step
 from saltext.vmcluster.ops.instances import (MIB, check_bridges, execute_or_plan, instance_locks, instance_record,
                                              live_cluster)
 from saltext.vmcluster.ops.steps import disk_paths, domains_on, node_facts
@@ -156,11 +156,9 @@ def migrate_domain(ctx, source, target, instance, target_uri, target_disks, migr
         )
     except NodeError as exc:
         where = _states(ctx, instance, (source, target))
-        if where[target] != "running" or where[source] in LIVE_STATES:
-            if where[source] not in LIVE_STATES and where[target] not in LIVE_STATES:
-                raise OpError(f"{instance} runs neither on {source} ({where[source]}) nor on {target} "
-                              f"({where[target]}); find out why, then start it with salt-run cluster.start "
-                              f"{instance}") from exc
+        if where[source] not in LIVE_STATES and where[target] != "running":  # changed nothing: refuse
+            raise Refused(not_running(instance, source, where[source], target, copy_storage)) from exc
+        if where[source] in LIVE_STATES:
             raise
     if copy_storage:
         record = ctx.store.instance(instance)
@@ -192,6 +190,14 @@ def drbd_role(ctx, node, instance, count, role, skip_if_silent=False):
     return role
 
 
+def not_running(instance, source, state, target, copy_storage):
+    """The refusal to live-migrate an instance that does not run."""
+    verb = "move" if copy_storage else "failover"
+    return (f"{instance} is not running on {source} ({state or 'not defined'}) nor on {target}; live migration "
+            f"needs a running instance: start it (salt-run cluster.start {instance}), or move it stopped: "
+            f"salt-run cluster.{verb} {instance} target={target}")
+
+
 def unconfirmed(node, instance):
     """The refusal to fail over away from a silent node."""
     return (f"node {node} does not answer, so {instance} may still run there; make sure {node} is down "
@@ -213,7 +219,7 @@ def release_old_primary(ctx, node, instance, timeout=DEFAULT_SHUTDOWN_TIMEOUT, i
             raise
     if ignore_consistency:
         return f"{node} does not answer; the operator confirmed that it is down (stale definition left there)"
-    raise OpError(unconfirmed(node, instance))
+    raise Refused(unconfirmed(node, instance))
 
 
 @step
@@ -308,11 +314,10 @@ def migrate(ctx, name, target=None, test=False):
     record = instance_record(ctx, name)
     source, template = record["primary"], record["template"]
     target = _target_node(ctx, record, target)
-    state = domains_on(ctx, source).get(name)
-    if state not in LIVE_STATES:
-        verb = "move" if template in COPY_TEMPLATES else "failover"
-        raise OpError(f"{name} is not running on {source} ({state or 'not defined'}); live migration needs a "
-                      f"running instance. Move a stopped one with: salt-run cluster.{verb} {name} target={target}")
+    if template in ("plain", "drbd"):  # steps before the migration change things: check first (file and
+        state = domains_on(ctx, source).get(name)  # sharedfile: their first step is the migration, which checks)
+        if state not in LIVE_STATES:
+            raise OpError(not_running(name, source, state, target, template == "plain"))
     job = new_job("migrate", name, migrate_steps(ctx, record, target), _locks(record, target))
     return execute_or_plan(ctx, job, test)
 
@@ -329,9 +334,7 @@ def failover(ctx, name, target=None, ignore_consistency=False, shutdown_timeout=
                       f"fail over; move it while {primary} is up: salt-run cluster.move {name} target=NODE")
     ignore_consistency = _flag(ignore_consistency, "ignore_consistency")
     timeout = names.positive_int(shutdown_timeout, "shutdown_timeout", minimum=0)
-    target = _target_node(ctx, record, target)
-    if not ignore_consistency and probe(ctx, primary) is None:
-        raise OpError(unconfirmed(primary, name))
+    target = _target_node(ctx, record, target)  # a silent primary refuses in the job's first step
     job_steps = failover_steps(record, target, ignore_consistency, timeout)
     return execute_or_plan(ctx, new_job("failover", name, job_steps, _locks(record, target)), test)
 
