@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from unittest.mock import patch
 
@@ -197,6 +198,15 @@ def test_file_life_cycle(storage, template, fmt):
         cluster_disk.info("web1", 0, template)
 
 
+def _cmdline(pid):
+    """The command line of process ``pid``; empty once it exited (a zombie has none)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
 @needs_qemu_img
 def test_export_and_import_copy_the_guest_data(storage, tmp_path, monkeypatch):
     """qemu-nbd serves a qcow2 disk read-only, qemu-img writes it into a raw disk of the same size."""
@@ -208,6 +218,10 @@ def test_export_and_import_copy_the_guest_data(storage, tmp_path, monkeypatch):
     assert served["uri"].startswith("nbd://127.0.0.1:") and served["uri"].endswith("/web1.disk0")
     assert cluster_disk.import_from("web1", 0, "sharedfile", served["uri"])["size"] == 64 * MIB
     _sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", source["path"], target["path"])
+    pid = int((tmp_path / "cache" / "cluster_disk" / "exports" / "web1.disk0.pid").read_text())
+    deadline = time.monotonic() + 30  # the server leaves with its client, a moment after it (a loaded host)
+    while _cmdline(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert cluster_disk.unexport("web1", 0, "file") is False  # the server left with its client
     again = cluster_disk.export("web1", 0, "file", "127.0.0.1")
     assert cluster_disk.unexport("web1", 0, "file") is True
