@@ -350,11 +350,14 @@ def watcher(lock_timeout=1, test=False):
     return rows if isinstance(rows, dict) else {"outputter": "cluster_table", "data": rows}
 
 
-def modify(name, memory=None, vcpus=None, test=False):
+def modify(name, memory=None, vcpus=None, add_disk=None, remove_disk=None, test=False):
     """
     Change an instance's memory and/or vCPUs (record and domain definition),
-    checked first against its nodes' free memory and N+1. A running instance
-    gets the new values at its next start (``cluster.reboot``).
+    checked first against its nodes' free memory and N+1, or add a disk
+    (``add_disk=SIZE``: a new last disk, created now; drbd: mirrored and synced)
+    or remove one (``remove_disk=N``: the last disk of a stopped instance, its
+    data deleted), like ``gnt-instance modify --disk add:size=…/N:remove``.
+    A running instance gets the changes at its next start (``cluster.reboot``).
 
     CLI Example:
 
@@ -362,8 +365,11 @@ def modify(name, memory=None, vcpus=None, test=False):
 
         salt-run cluster.modify web1 memory=2G
         salt-run cluster.modify web1 memory=1G vcpus=2 test=True
+        salt-run cluster.modify web1 add_disk=20G
+        salt-run cluster.modify web1 remove_disk=1
     """
-    return _operate(change_ops.modify, name, memory=memory, vcpus=vcpus, test=test)
+    return _operate(change_ops.modify, name, memory=memory, vcpus=vcpus, add_disk=add_disk, remove_disk=remove_disk,
+                    test=test)
 
 
 def grow_disk(name, disk, amount=None, size=None, test=False):

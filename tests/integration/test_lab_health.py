@@ -1,5 +1,6 @@
 """node_modify, verify, watcher, modify and grow_disk through `salt-run cluster.*` on the lab."""
 
+import os
 import subprocess
 import sys
 import time
@@ -245,12 +246,38 @@ def test_modify_changes_record_and_definition_at_next_start(lab, runner, store, 
     assert dom.info()[1] // 1024 == 256 and dom.info()[3] == 2
     conn.close()
     assert rows_for(op(runner, "verify"), name) == []
+    # a second disk: created now, in the definition, seen by the domain; removed again once it is stopped
+    assert op(runner, "modify", name, add_disk="64M")["state"] == "done"
+    assert disk_sources(lab, "node2", name) == [disk_path(lab, "node2", name, template, i) for i in (0, 1)]
+    assert os.path.exists(disk_path(lab, "node2", name, template, 1))
+    refused = op(runner, "modify", name, remove_disk=1)
+    assert refused["retcode"] == 1 and "is running; stop it first" in refused["error"]
+    assert op(runner, "stop", name, force=True)["state"] == "done"
+    assert op(runner, "modify", name, remove_disk=1)["state"] == "done"
+    assert disk_sources(lab, "node2", name) == [disk_path(lab, "node2", name, template, 0)]
+    assert not os.path.exists(disk_path(lab, "node2", name, template, 1))
+    assert [d["size"] for d in store.instance(name)["disks"]] == [GIB]
+
+
+def disk_path(lab, node, name, template, index):
+    folder = lab.node(node).storage[template]
+    return str(Path(folder) / name / f"disk{index}.qcow2")
+
+
+def disk_sources(lab, node, name):
+    """The disk paths of the domain's persistent definition on ``node``."""
+    conn, dom = domain(lab, node, name)
+    try:
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    finally:
+        conn.close()
+    return [d.find("source").get("file") for d in root.iterfind("devices/disk")]
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"memory": "lots"}, "memory: invalid value 'lots'"),
     ({"vcpus": 0}, "vcpus: invalid value 0"),
-    ({}, "give memory=SIZE and/or vcpus=N"),
+    ({}, "give memory=SIZE, vcpus=N, add_disk=SIZE or remove_disk=N"),
     ({"memory": "100T"}, "cannot get 104857600 MiB and 1 vCPUs: FailMem on primary node1"),
 ])
 def test_modify_bad_arguments_change_nothing(lab, runner, store, cleanup, kwargs, message):

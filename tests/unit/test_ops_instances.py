@@ -4,7 +4,7 @@ import pytest
 import salt.cache
 
 from saltext.vmcluster import config
-from saltext.vmcluster.ops import engine, instances, moves
+from saltext.vmcluster.ops import changes, engine, instances, moves
 from saltext.vmcluster.names import ValidationError
 from saltext.vmcluster.store import Store
 
@@ -20,6 +20,7 @@ class FakeNodes:
         self.bridges = {}  # node -> its bridges
         self.grain_bridges = {}  # node -> its bridges as its grain, cached on the master, says (default: the same)
         self.image_size = 2 * GIB
+        self.domains = {}  # node -> {name: state}
 
     def call_one(self, node, fun, *args, **kwargs):
         kwargs.pop("rpc_timeout", None)
@@ -32,6 +33,7 @@ class FakeNodes:
                            "bridges": self.grain_bridges.get(node, self.bridges.get(node, []))},
             "cluster_node.bridges": self.bridges.get(node, []),
             "cluster_disk.image_info": {"size": self.image_size, "format": "qcow2"},
+            "cluster_vm.list_domains": self.domains.get(node, {}),
         }
         return answers.get(fun, True)
 
@@ -244,3 +246,53 @@ def test_bridges_come_from_the_cached_grain_and_a_new_one_is_asked_of_the_node(n
     net_ctx.rpc.grain_bridges["node2"] = []  # made after the grain was read
     moves.failover(net_ctx, "web1", target="node2", ignore_consistency=True, test=True)
     assert [c[0] for c in net_ctx.rpc.funs("cluster_node.bridges")] == ["node2"]
+
+
+# --- modify: a disk added or removed ------------------------------------------
+
+
+def test_modify_adds_a_last_disk_then_redefines(ctx):
+    instances.add(ctx, "web1", "1G", disks="10G", template="file", nodes="node1")
+    plan = changes.modify(ctx, "web1", add_disk="5G", test=True)["plan"]
+    assert plan == [f"create_disk(exact=True, index=1, instance=web1, node=node1, size={5 * GIB}, template=file)",
+                    f"update_instance(disks=[{{'size': {10 * GIB}}}, {{'size': {5 * GIB}}}], name=web1)",
+                    "define_domain(instance=web1, node=node1)"]
+    assert len(ctx.store.instance("web1")["disks"]) == 1  # the dry run changed nothing
+    assert changes.modify(ctx, "web1", add_disk="5G")["disks"] == [10 * GIB, 5 * GIB]
+    assert [d["size"] for d in ctx.store.instance("web1")["disks"]] == [10 * GIB, 5 * GIB]
+
+
+def test_modify_adds_a_drbd_disk_with_its_own_minor_port_and_sync(ctx):
+    instances.add(ctx, "db1", "1G", disks="10G", template="drbd", nodes="node1:node2")
+    ctx.rpc.calls.clear()
+    changes.modify(ctx, "db1", add_disk="1G")
+    first, second = (d["drbd"] for d in ctx.store.instance("db1")["disks"])
+    assert first["minor"] != second["minor"] and first["port"] != second["port"] and second["secret"]
+    assert sorted(c[0] for c in ctx.rpc.funs("cluster_disk.create")) == ["node1", "node2"]
+    assert [c[2] for c in ctx.rpc.funs("drbd.wait_sync")] == [("db1.disk1",)]
+
+
+@pytest.mark.parametrize("kwargs, running, error", [
+    ({"remove_disk": 0}, False, "^remove_disk: only the last disk of web1, 1, can be removed .*give remove_disk=1"),
+    ({"remove_disk": 1}, True, "^remove_disk: web1 is running; stop it first: salt-run cluster.stop web1"),
+    ({"remove_disk": "x"}, False, "^remove_disk: invalid value 'x'"),
+    ({"add_disk": "1G", "remove_disk": 1}, False, "^give add_disk=SIZE or remove_disk=N, not both"),
+    ({"add_disk": "2T"}, False, "^disk: .* is outside the instance policy"),
+])
+def test_modify_disk_refusals_change_nothing(ctx, kwargs, running, error):
+    instances.add(ctx, "web1", "1G", disks=["10G", "1G"], template="file", nodes="node1")
+    ctx.rpc.domains = {"node1": {"web1": "running" if running else "shutoff"}}
+    with pytest.raises((engine.OpError, ValidationError), match=error):
+        changes.modify(ctx, "web1", **kwargs)
+    assert len(ctx.store.instance("web1")["disks"]) == 2 and len(ctx.store.jobs()) == 1  # the add's job only
+
+
+def test_modify_removes_the_last_disk_of_a_stopped_instance_everywhere(ctx):
+    instances.add(ctx, "db1", "1G", disks=["10G", "1G"], template="drbd", nodes="node1:node2")
+    instances.add(ctx, "db2", "1G", disks="1G", template="file", nodes="node3")
+    with pytest.raises(engine.OpError, match="^remove_disk: disk 0 is the only disk of db2"):
+        changes.modify(ctx, "db2", remove_disk=0)
+    plan = changes.modify(ctx, "db1", remove_disk=1, test=True)["plan"]
+    assert [line.split("(")[0] for line in plan] == ["update_instance", "define_domain", "remove_disk", "remove_disk"]
+    assert plan[2:] == ["remove_disk(index=1, instance=db1, node=node1, template=drbd)",
+                        "remove_disk(index=1, instance=db1, node=node2, template=drbd)"]

@@ -1,5 +1,5 @@
-"""Changes to nodes and instances: ``node_modify`` (offline/drained flags), ``modify`` (memory, vCPUs)
-and ``grow_disk`` — each a journaled job, validated completely before anything changes, with a
+"""Changes to nodes and instances: ``node_modify`` (offline/drained flags), ``modify`` (memory, vCPUs,
+a disk added or removed) and ``grow_disk`` — each a journaled job, validated completely before anything changes, with a
 ``test=True`` dry run.
 """
 
@@ -9,7 +9,8 @@ import dataclasses
 from saltext.vmcluster import disks, domxml, names
 from saltext.vmcluster.ops.engine import OpError, new_job, step
 from saltext.vmcluster.ops.health import RUNNING_STATES, n1_failing
-from saltext.vmcluster.ops.instances import execute_or_plan, instance_record, instance_locks, live_cluster
+from saltext.vmcluster.ops.instances import (add_drbd_resources, disk_steps, execute_or_plan, instance_locks,
+                                             instance_record, live_cluster)
 from saltext.vmcluster.ops.steps import domains_on
 from saltext.vmcluster.planner.checks import FAILURES, OK, Demand, NodeRoom
 from saltext.vmcluster.planner.score import NodeLoads
@@ -121,11 +122,13 @@ def resize_domain(ctx, node, instance, memory=None, vcpus=None):
     return results
 
 
-def modify(ctx, name, memory=None, vcpus=None, test=False):
-    """Change an instance's memory and/or vCPUs: the record and its domain definition.
+def modify(ctx, name, memory=None, vcpus=None, add_disk=None, remove_disk=None, test=False):
+    """Change an instance's memory and/or vCPUs, or add or remove a disk: the record and its domain definition.
 
-    Checked against the nodes' free memory and N+1 first. A running domain gets the new
-    values at its next start (``salt-run cluster.reboot NAME``); the result says so.
+    Checked against the nodes' free memory and N+1 and the instance policy first. A running
+    domain gets the new values at its next start (``salt-run cluster.reboot NAME``); the result
+    says so. ``add_disk=SIZE`` creates a new last disk (drbd: mirrored and synced) now;
+    ``remove_disk=N`` deletes the last disk, ``N`` (its data with it), of a stopped instance.
     """
     record = instance_record(ctx, name)
     changes = {}
@@ -133,20 +136,54 @@ def modify(ctx, name, memory=None, vcpus=None, test=False):
         changes["memory"] = names.size_mib(memory, "memory")
     if vcpus is not None:
         changes["vcpus"] = names.positive_int(vcpus, "vcpus", domxml.MAX_VCPUS)
-    if not changes:
-        raise OpError("give memory=SIZE and/or vcpus=N, e.g. memory=1G vcpus=2")
+    if not changes and add_disk is None and remove_disk is None:
+        raise OpError("give memory=SIZE, vcpus=N, add_disk=SIZE or remove_disk=N, e.g. memory=1G vcpus=2")
     new = {**{k: record[k] for k in ("memory", "vcpus")}, **changes}
     growing = new["memory"] > record["memory"] or new["vcpus"] > record["vcpus"]
     why = growing and room_failure(live_cluster(ctx), name, new["memory"], new["vcpus"])
     if why:
         raise OpError(f"{name} cannot get {new['memory']} MiB and {new['vcpus']} vCPUs: {why}; nothing changed")
     running = domains_on(ctx, record["primary"]).get(name) in RUNNING_STATES
-    job_steps = [("update_instance", {"name": name, **changes}),
-                 ("resize_domain", {"node": record["primary"], "instance": name, **changes})]
-    result = execute_or_plan(ctx, new_job("modify", name, job_steps, [f"instance/{name}"]), test)
+    before, after = [], []
+    if add_disk is not None or remove_disk is not None:
+        changes["disks"], before, after = _disk_change(ctx, record, add_disk, remove_disk, running)
+        violation = ctx.cfg.policy_violation(new["memory"], new["vcpus"], sum(d["size"] for d in changes["disks"]) // MIB)
+        if violation:
+            raise OpError(violation)
+        definition = [("define_domain", {"node": record["primary"], "instance": name})]
+    else:
+        definition = [("resize_domain", {"node": record["primary"], "instance": name, **changes})]
+    job_steps = before + [("update_instance", {"name": name, **changes})] + definition + after
+    result = execute_or_plan(ctx, new_job("modify", name, job_steps, instance_locks(record)), test)
     result["applies"] = (f"at the next start ({name} is running: salt-run cluster.reboot {name})"
                          if running else "at the next start")
+    if "disks" in changes:
+        changes["disks"] = [disk["size"] for disk in changes["disks"]]
     return {**result, **changes}
+
+
+def _disk_change(ctx, record, add_disk, remove_disk, running):
+    """``(disks after, steps before the record changes, steps after)`` for ``add_disk``/``remove_disk``."""
+    name, count = record["name"], len(record["disks"])
+    if add_disk is not None and remove_disk is not None:
+        raise OpError("give add_disk=SIZE or remove_disk=N, not both in one modify")
+    if add_disk is not None:
+        grown = copy.deepcopy(record)
+        grown["disks"].append({"size": names.size_bytes(add_disk, "add_disk")})
+        if record["template"] == "drbd":
+            add_drbd_resources(ctx, grown, first=count)
+        return grown["disks"], disk_steps(grown, first=count), []
+    index = names.positive_int(remove_disk, "remove_disk", minimum=0)
+    if count == 1:
+        raise OpError(f"remove_disk: disk 0 is the only disk of {name}; an instance keeps at least one")
+    if index != count - 1:
+        raise OpError(f"remove_disk: only the last disk of {name}, {count - 1}, can be removed (the others keep "
+                      f"their numbers); give remove_disk={count - 1}")
+    if running:
+        raise OpError(f"remove_disk: {name} is running; stop it first: salt-run cluster.stop {name}")
+    nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
+    return record["disks"][:-1], [], [("remove_disk", {"node": node, "instance": name, "index": index,
+                                                       "template": record["template"]}) for node in nodes]
 
 
 # -- disks ----------------------------------------------------------------------

@@ -123,8 +123,8 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
     if record["image"]:
         _check_image(ctx, record)
     if template == "drbd":
-        _add_drbd_resources(ctx, record)
-    job_steps = [("record_instance", {"record": record})] + _disk_steps(record)
+        add_drbd_resources(ctx, record)
+    job_steps = [("record_instance", {"record": record})] + disk_steps(record)
     job_steps.append(("define_domain", {"node": primary, "instance": name}))
     if start:
         job_steps += [("start_domain", {"node": primary, "instance": name}),
@@ -162,8 +162,9 @@ def _replication_address(ctx, node):
     return address
 
 
-def _add_drbd_resources(ctx, record):
-    """Give each disk its DRBD resource: a minor free on both nodes, a free port and a secret."""
+def add_drbd_resources(ctx, record, first=0):
+    """Give each disk from number ``first`` on its DRBD resource: a minor free on both nodes, a free port
+    and a secret."""
     pair = (record["primary"], record["secondary"])
     addresses = [_replication_address(ctx, node) for node in pair]
     used_minors, used_ports = set(), set()
@@ -174,6 +175,8 @@ def _add_drbd_resources(ctx, record):
                 if {other["primary"], other.get("secondary")} & set(pair):
                     used_minors.add(disk["drbd"]["minor"])
     for index, disk in enumerate(record["disks"]):
+        if index < first:
+            continue
         disk_names.disk_name(record["name"], index, "drbd")  # the resource name must be valid
         minor = min(set(range(len(used_minors) + 1)) - used_minors)
         port = min(set(range(DRBD_PORT_BASE, DRBD_PORT_BASE + len(used_ports) + 1)) - used_ports)
@@ -183,12 +186,15 @@ def _add_drbd_resources(ctx, record):
                         "port": port, "minor": minor, "secret": secrets.token_hex(16)}
 
 
-def _disk_steps(record):
-    """Create every disk; drbd: on both nodes (in parallel), promote the primary, wait for the sync."""
+def disk_steps(record, first=0):
+    """Create every disk from number ``first`` on; drbd: on both nodes (in parallel), promote the primary,
+    wait for the sync."""
     name, template = record["name"], record["template"]
     nodes = [record["primary"]] + ([record["secondary"]] if template == "drbd" else [])
     result = []
     for index, disk in enumerate(record["disks"]):
+        if index < first:
+            continue
         args = {"instance": name, "index": index, "size": disk["size"], "template": template, "exact": True}
         if "drbd" in disk:
             args["drbd"] = disk["drbd"]
