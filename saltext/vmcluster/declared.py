@@ -181,10 +181,14 @@ def actions(decl, record):
 
 
 def _disk_actions(decl, record):
+    """Grow disks, add the declared disks the record lacks; disks beyond the declared ones are only
+    reported (removing one deletes its data: the operator's decision)."""
     sizes = [disk["size"] for disk in record["disks"]]
-    if len(sizes) != len(decl.disks):
-        return [Action(None, f"has {len(sizes)} disk(s), declared {len(decl.disks)}")]
-    result = []
+    if len(sizes) > len(decl.disks):
+        return [Action(None, f"has {len(sizes)} disk(s), declared {len(decl.disks)} (remove the last one by hand "
+                             f"while it is stopped: salt-run cluster.modify {record['name']} remove_disk={len(sizes) - 1})")]
+    result = [Action("modify", f"disk {index} declared, missing", kwargs={"add_disk": size_text(want)})
+              for index, want in enumerate(decl.disks) if index >= len(sizes)]
     for index, (have, want) in enumerate(zip(sizes, decl.disks)):
         if want * MIB > have:
             result.append(Action("grow_disk", f"disk {index} is {have // MIB} MiB, declared {want} MiB",

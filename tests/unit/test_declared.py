@@ -74,8 +74,10 @@ def test_differences_become_modify_grow_start_stop_or_a_manual_fix():
     assert [a.verb for a in manual] == [None, None]
     assert "does not change in place" in manual[0].detail and "never shrink" in manual[1].detail
     assert manual[0].command("web1").startswith("change the declaration of web1, or recreate")
-    assert declared.actions(declared.instance("web1", {"memory": 512, "disks": ["1G", "1G"]}), rec("web1"))[0].verb \
-        is None
+    more = declared.actions(declared.instance("web1", {"memory": 512, "disks": ["1G", "2G"]}), rec("web1"))
+    assert [a.command("web1") for a in more] == ["salt-run cluster.modify web1 add_disk=2G"]
+    fewer = declared.actions(declared.instance("web1", {"memory": 512, "disks": "1G"}), rec("web1", disks=(GIB, GIB)))
+    assert [a.verb for a in fewer] == [None] and "cluster.modify web1 remove_disk=1" in fewer[0].detail
 
 
 def test_nodes_and_tags_only_place_and_label_at_creation():
