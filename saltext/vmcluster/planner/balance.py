@@ -267,9 +267,10 @@ class Balancer:
         ]
         self._jacobian = self._row_jacobian()
 
-    def _row_jacobian(self) -> np.ndarray:
-        """d row / d aggregate per node (nodes x COLUMNS x AGG); rows are affine in
-        the aggregates except the N+1 count, whose (step) column is left at 0."""
+    def _row_jacobian(self):
+        """d row / d aggregate per node, as (columns, aggregates, nodes x entries) of its
+        entries nonzero on some node, ordered by aggregate; rows are affine in the
+        aggregates except the N+1 count, whose (step) column is left at 0."""
         loads = self.loads
         n = len(loads.t_mem)
         sel, r_mem, conflicts = np.arange(n), self.rmax, self.conflicts
@@ -280,7 +281,10 @@ class Balancer:
             agg[:, a] += 1.0
             jac[:, :, a] = loads.rows_of(sel, agg, r_mem, conflicts) - base
         jac[:, COLUMN["n1_cnt"], :] = 0.0
-        return np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0)
+        flat = np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0).reshape(n, -1)
+        cols, aggs = np.divmod(np.flatnonzero((flat != 0).any(axis=0)), len(AGG))
+        order = np.lexsort((cols, aggs))
+        return cols[order], aggs[order], flat[:, cols[order] * len(AGG) + aggs[order]]
 
     def unalloc(self, sel, agg: np.ndarray) -> np.ndarray:
         """Unallocated memory of nodes ``sel`` with aggregates ``agg`` (Node.unallocatedMem)."""
@@ -460,7 +464,11 @@ class Balancer:
                 cv_grad = (state.rows - state.shift - mean) / (state.count * std)
             grad = np.where(state.is_cv, np.nan_to_num(cv_grad, nan=0.0, posinf=0.0, neginf=0.0), 1.0)
             row_grad = np.where(state.member, grad * state.weights, 0.0)
-            self._sens = np.einsum("nc,nca->na", row_grad, self._jacobian)
+            cols, aggs, coef = self._jacobian
+            self._sens = np.zeros((len(row_grad), len(AGG)))
+            if len(aggs):
+                first = np.flatnonzero(np.r_[True, aggs[1:] != aggs[:-1]])
+                self._sens[:, aggs[first]] = np.add.reduceat(row_grad[:, cols] * coef, first, axis=1)
             reserved = row_grad[:, [COLUMN["reserved_mem_cv"], COLUMN["reserved_mem_rtotal"]]].sum(1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 self._reserved_sens = np.nan_to_num(reserved / loads.t_mem)
