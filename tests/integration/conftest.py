@@ -130,8 +130,10 @@ def cleanup(runner, store):
             assert runner.cmd("cluster.remove", [name], print_event=False).get("state") == "done"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def salt_client(lab):
+    """A LocalClient of this module's lab (one made before another lab's master restarted stops
+    reaching its own master: Salt keeps per-process state across LocalClients)."""
     client = lab.client()
     yield client
     client.destroy()
