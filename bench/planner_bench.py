@@ -169,7 +169,7 @@ MAIN = [("case", -34), ("hbal score", 12), ("mv", 5), ("s", 7), ("cpu s", 7), ("
         ("mv", 5), ("s", 7), ("cpu s", 7), ("score ratio", 11), ("moves ratio", 11),
         ("speed (cpu)", 11), ("exact score", 12)]
 STEPS = [("case", -18), ("steps", 5), ("hbal score", 12), ("mv", 4), ("s", 8), ("cpu s", 8),
-         ("ours score", 12), ("mv", 4), ("s", 7), ("cpu s", 7), ("score ratio", 11),
+         ("ours score", 12), ("mv", 4), ("s", 7), ("cpu s", 7), ("ours - hbal", 11),
          ("cpu s/move hbal", 15), ("ours", 8), ("speed (cpu)", 11)]
 
 
@@ -226,8 +226,9 @@ def equal_steps(name: str, path: Path, prefix: Path, steps: int) -> None:
     ours, our_moves, our_s, _ = run_ours(path, Path(f"{prefix}.ours{steps}"), steps)
     ref, ref_moves, ref_s = run_hbal(path, Path(f"{prefix}.hbal{steps}"), None, steps)
     per_ref, per_ours = ref_s[1] / max(ref_moves, 1), our_s[1] / max(our_moves, 1)
+    diff = None if ref is None else ours - ref
     print(f"{name:18} {steps:5d} {fmt(ref, '12.6f'):>12} {ref_moves:4d} {ref_s[0]:8.2f} {ref_s[1]:8.2f} "
-          f"{ours:12.6f} {our_moves:4d} {times(our_s)} {ratio(ours, ref):>11} {per_ref:15.4f} "
+          f"{ours:12.6f} {our_moves:4d} {times(our_s)} {fmt(diff, '+.2e'):>11} {per_ref:15.4f} "
           f"{per_ours:8.4f} {per_ref / max(per_ours, 1e-9):10.1f}x", flush=True)
 
 
