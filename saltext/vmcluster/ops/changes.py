@@ -10,7 +10,7 @@ from saltext.vmcluster import disks, domxml, names
 from saltext.vmcluster.ops.engine import OpError, new_job, step
 from saltext.vmcluster.ops.health import RUNNING_STATES, n1_failing
 from saltext.vmcluster.ops.instances import (add_drbd_resources, disk_steps, execute_or_plan, instance_locks,
-                                             instance_record, live_cluster)
+                                             instance_nodes, instance_record, live_cluster)
 from saltext.vmcluster.ops.steps import domains_on
 from saltext.vmcluster.planner.checks import FAILURES, OK, Demand, NodeRoom
 from saltext.vmcluster.planner.score import NodeLoads
@@ -181,9 +181,9 @@ def _disk_change(ctx, record, add_disk, remove_disk, running):
                       f"their numbers); give remove_disk={count - 1}")
     if running:
         raise OpError(f"remove_disk: {name} is running; stop it first: salt-run cluster.stop {name}")
-    nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
     return record["disks"][:-1], [], [("remove_disk", {"node": node, "instance": name, "index": index,
-                                                       "template": record["template"]}) for node in nodes]
+                                                       "template": record["template"]})
+                                      for node in instance_nodes(record)]
 
 
 # -- disks ----------------------------------------------------------------------
@@ -249,8 +249,7 @@ def grow_disk(ctx, name, index, amount=None, size=None, test=False):
     if index >= len(record["disks"]):
         raise OpError(f"index: {name} has {len(record['disks'])} disk(s) (0..{len(record['disks']) - 1}); got {index}")
     new = _new_size(record, index, amount, size)
-    nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
-    _check_space(ctx, record, nodes, -(-(new - record["disks"][index]["size"]) // MIB))
+    _check_space(ctx, record, instance_nodes(record), -(-(new - record["disks"][index]["size"]) // MIB))
     result = execute_or_plan(ctx, new_job("grow_disk", name, grow_steps(record, index, new), instance_locks(record)), test)
     return {**result, "disk": index, "old": record["disks"][index]["size"], "new": new}
 
@@ -258,10 +257,9 @@ def grow_disk(ctx, name, index, amount=None, size=None, test=False):
 def grow_steps(record, index, new):
     """The steps that grow disk ``index`` of ``record`` to ``new`` bytes (LVs on both nodes in parallel)."""
     name, primary = record["name"], record["primary"]
-    nodes = [primary] + ([record["secondary"]] if record.get("secondary") else [])
     disk = {"instance": name, "index": index, "template": record["template"], "size": new}
     job_steps = [("grow_backing_disk", {"node": node, **disk}, 0)
-                 for node in nodes if record["template"] in disks.LVM_TEMPLATES]
+                 for node in instance_nodes(record) if record["template"] in disks.LVM_TEMPLATES]
     if record["template"] == "drbd":
         job_steps.append(("resize_drbd", {"node": primary, "instance": name, "index": index}, 1))
     job_steps.append(("grow_domain_disk", {"node": primary, **disk}, 2))

@@ -21,10 +21,14 @@ DRBD_PORT_BASE = 11000
 DRBD_SYNC_TIMEOUT = 3600
 
 
+def instance_nodes(record):
+    """The nodes that hold the instance: its primary, and its secondary if it has one."""
+    return [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
+
+
 def instance_locks(record):
     """The locks of an operation on one instance: the instance and its nodes."""
-    nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
-    return [f"instance/{record['name']}"] + [f"node/{n}" for n in nodes]
+    return [f"instance/{record['name']}"] + [f"node/{n}" for n in instance_nodes(record)]
 
 
 def summary(job):
@@ -118,7 +122,7 @@ def add(ctx, name, memory, vcpus=1, disks=("10G",), template=None, nodes=None, s
     record["nics"] = nic_specs.complete(nic_specs.default(bridge) if wanted_nics is None else wanted_nics,
                                         f"{ctx.cfg.name}/{name}", bridge, primary,
                                         nic_specs.macs_in_use(ctx.store.instances()))
-    for node in filter(None, (primary, secondary)):
+    for node in instance_nodes(record):
         check_bridges(ctx, record, node)
     if record["image"]:
         _check_image(ctx, record)
@@ -190,7 +194,7 @@ def disk_steps(record, first=0):
     """Create every disk from number ``first`` on; drbd: on both nodes (in parallel), promote the primary,
     wait for the sync."""
     name, template = record["name"], record["template"]
-    nodes = [record["primary"]] + ([record["secondary"]] if template == "drbd" else [])
+    nodes = instance_nodes(record)
     result = []
     for index, disk in enumerate(record["disks"]):
         if index < first:
@@ -225,13 +229,12 @@ def instance_record(ctx, name):
 def remove(ctx, name, test=False):
     """Power the instance off, remove its domain and disks everywhere, forget it."""
     record = instance_record(ctx, name)
-    nodes = [record["primary"]] + ([record["secondary"]] if record.get("secondary") else [])
     job_steps = [("update_instance", {"name": name, "admin_state": "down"}),
                  ("stop_domain", {"node": record["primary"], "instance": name, "force": True}),
                  ("undefine_domain", {"node": record["primary"], "instance": name})]
     job_steps += [
         ("remove_disk", {"node": node, "instance": name, "index": i, "template": record["template"]})
-        for node in nodes for i in range(len(record["disks"]))
+        for node in instance_nodes(record) for i in range(len(record["disks"]))
     ]
     job_steps.append(("forget_instance", {"name": name}))
     return execute_or_plan(ctx, new_job("remove", name, job_steps, instance_locks(record)), test)

@@ -44,10 +44,11 @@ DEFAULT_SHUTDOWN_TIMEOUT = 60
 # --- planning helpers -------------------------------------------------------
 
 
-def endpoint(ctx, node):
-    """How the other nodes reach ``node`` (its minion config, as its ``cluster_node`` grain reports it):
-    ``{"uri": libvirt URI, "address": IP or None, "unsafe_shared_storage": bool}``."""
-    facts = node_facts(ctx, node)
+def endpoint(ctx, node, facts=None):
+    """How the other nodes reach ``node`` (its minion config, as its ``cluster_node`` grain — ``facts``,
+    looked up if not given — reports it): ``{"uri": libvirt URI, "address": IP or None,
+    "unsafe_shared_storage": bool}``."""
+    facts = node_facts(ctx, node) if facts is None else facts
     settings = facts["migration"] if "migration" in facts else ctx.rpc.call_one(node, "config.get", MIGRATION_OPTION)
     settings = settings or {}
     where = f"{MIGRATION_OPTION} (minion config of {node})"
@@ -240,9 +241,10 @@ def copy_disk(ctx, source, target, instance, index, template, address):
 def migrate_steps(ctx, record, target):
     """The steps of a live migration of ``record`` to ``target`` (for drbd: its secondary)."""
     name, source, template = record["name"], record["primary"], record["template"]
-    dest = endpoint(ctx, target)
+    facts = node_facts(ctx, target)
+    dest = endpoint(ctx, target, facts)
     migrate_args = {"source": source, "target": target, "instance": name, "target_uri": dest["uri"],
-                    "target_disks": disk_paths(node_facts(ctx, target), record),
+                    "target_disks": disk_paths(facts, record),
                     "migrate_uri": f"tcp://{dest['address']}" if dest["address"] else None,
                     "copy_storage": template in COPY_TEMPLATES, "create_target_disks": template == "file"}
     if template == "sharedfile" and dest["unsafe_shared_storage"]:
